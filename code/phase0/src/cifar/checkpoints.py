@@ -1,0 +1,36 @@
+"""Per-epoch checkpoints with resume, kept out of the model folder.
+
+One tf.train.Checkpoint holds the model, the optimizer (its step counter drives the learning
+rate schedule) and the history so far. The manager's index file is written last, so a run
+killed mid-save resumes from the previous complete checkpoint.
+"""
+
+import json
+
+import tensorflow as tf
+
+
+class EpochCheckpoints:
+    def __init__(self, directory, model, optimizer, enabled=True):
+        self.enabled = bool(directory) and enabled
+        self.epoch = tf.Variable(0, dtype=tf.int64, trainable=False)
+        self.history = tf.Variable("[]", dtype=tf.string, trainable=False)
+        if self.enabled:
+            optimizer.build(model.trainable_variables)  # Keras 3 creates slots lazily
+            self.checkpoint = tf.train.Checkpoint(
+                model=model, optimizer=optimizer, epoch=self.epoch, history=self.history)
+            self.manager = tf.train.CheckpointManager(self.checkpoint, directory, max_to_keep=2)
+
+    def restore(self):
+        """Restore the latest checkpoint; returns (epochs done, history rows)."""
+        if not self.enabled or not self.manager.latest_checkpoint:
+            return 0, []
+        self.checkpoint.restore(self.manager.latest_checkpoint).expect_partial()
+        return int(self.epoch.numpy()), json.loads(self.history.numpy().decode())
+
+    def save(self, epoch, history):
+        if not self.enabled:
+            return
+        self.epoch.assign(epoch)
+        self.history.assign(json.dumps(history))
+        self.manager.save(checkpoint_number=epoch)

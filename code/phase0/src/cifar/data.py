@@ -1,0 +1,130 @@
+"""CIFAR-10 TFRecords -> tf.data, the same pipeline for every entry point.
+
+Record format (written by the workshop's 1.0 notebook):
+  image: bytes, 32*32*3 uint8 in height-width-channel order
+  label: int64, 0..9
+A split is a folder of ``*.tfrecord`` shards, optionally with ``manifest.json``
+({"records": N, ...}) so that the record count is known without a pass over the data.
+
+Images leave the pipeline as uint8: normalisation happens inside the model, so the
+saved model accepts raw images and training and serving cannot disagree.
+"""
+
+import json
+import os
+
+import tensorflow as tf
+
+IMAGE_SHAPE = (32, 32, 3)
+NUM_CLASSES = 10
+CLASS_NAMES = ("airplane", "automobile", "bird", "cat", "deer",
+               "dog", "frog", "horse", "ship", "truck")
+MANIFEST_NAME = "manifest.json"
+
+_FEATURES = {
+    "image": tf.io.FixedLenFeature([], tf.string),
+    "label": tf.io.FixedLenFeature([], tf.int64),
+}
+
+
+class ChannelError(ValueError):
+    """A data channel is missing, empty or not CIFAR-10 TFRecords."""
+
+
+def list_shards(channel_dir, channel="data"):
+    """Sorted TFRecord files of one channel; a clear error when there are none."""
+    if not channel_dir or not os.path.isdir(channel_dir):
+        raise ChannelError(
+            f"channel '{channel}': folder {channel_dir!r} does not exist. Pass --{channel} "
+            f"or set SM_CHANNEL_{channel.upper()}, or run 1.0.Download-Dataset first.")
+    files = sorted(os.path.join(channel_dir, name) for name in os.listdir(channel_dir)
+                   if name.endswith(".tfrecord"))
+    if not files:
+        present = sorted(os.listdir(channel_dir))[:5]
+        raise ChannelError(
+            f"channel '{channel}': no *.tfrecord files in {channel_dir} (found {present}). "
+            f"Point --{channel} at a split folder written by 1.0.Download-Dataset.")
+    return files
+
+
+def count_records(channel_dir, channel="data"):
+    """Records in a channel, from its manifest when present (no pass over the data)."""
+    manifest = os.path.join(channel_dir, MANIFEST_NAME)
+    if os.path.exists(manifest):
+        with open(manifest) as f:
+            return int(json.load(f)["records"])
+    files = list_shards(channel_dir, channel)
+    return sum(1 for _ in tf.data.TFRecordDataset(files))
+
+
+def check_shards(files, channel="data"):
+    """Read and parse the first record of every shard, so a wrong file fails now, by name."""
+    for path in files:
+        try:
+            for record in tf.data.TFRecordDataset(path).take(1):
+                parse_batch(tf.reshape(record, [1]))
+        except (tf.errors.DataLossError, tf.errors.InvalidArgumentError) as err:
+            raise ChannelError(
+                f"channel '{channel}': {path} is not a CIFAR-10 TFRecord file "
+                f"({type(err).__name__}: {err.message.splitlines()[0]}). "
+                f"Regenerate it with 1.0.Download-Dataset.") from None
+
+
+def parse_batch(serialized):
+    """Vectorised parse of a batch of serialized examples -> (uint8 images, int64 labels)."""
+    parsed = tf.io.parse_example(serialized, _FEATURES)
+    images = tf.io.decode_raw(parsed["image"], tf.uint8)
+    images = tf.reshape(images, (-1,) + IMAGE_SHAPE)
+    return images, parsed["label"]
+
+
+def augment_batch(images, labels, seed=None):
+    """Pad 4 px (reflect), random 32x32 crop and horizontal flip, independently per image."""
+    batch = tf.shape(images)[0]
+    padded = tf.pad(images, [[0, 0], [4, 4], [4, 4], [0, 0]], mode="REFLECT")
+    offsets = tf.random.uniform([batch, 2], 0, 9, dtype=tf.int32, seed=seed)
+    rows = offsets[:, :1] + tf.range(32)[tf.newaxis, :]
+    cols = offsets[:, 1:] + tf.range(32)[tf.newaxis, :]
+    cropped = tf.gather(padded, rows, axis=1, batch_dims=1)
+    cropped = tf.gather(cropped, cols, axis=2, batch_dims=1)
+    flip = tf.random.uniform([batch], seed=seed) < 0.5
+    flipped = tf.where(flip[:, None, None, None], tf.reverse(cropped, axis=[2]), cropped)
+    return flipped, labels
+
+
+def make_dataset(channel_dir, batch_size, training, channel="data",
+                 num_workers=1, worker_index=0, seed=0, drop_remainder=False):
+    """Batched (uint8 image, label) dataset of one channel.
+
+    training=True shuffles (order fixed by ``seed``, so a resumed run sees the same
+    order) and augments; evaluation data is neither shuffled nor augmented.
+    num_workers/worker_index shard records so that every worker gets an equal,
+    disjoint share: the first ``records // num_workers * num_workers`` records
+    are dealt round-robin (at most num_workers - 1 are left out per epoch, none
+    when the count divides evenly), so all workers run the same number of steps.
+    """
+    files = list_shards(channel_dir, channel)
+    check_shards(files, channel)
+    records = count_records(channel_dir, channel)
+    per_worker = records // num_workers
+    if per_worker == 0:
+        raise ChannelError(
+            f"channel '{channel}': {records} records cannot be split over {num_workers} workers.")
+    ds = tf.data.TFRecordDataset(files, num_parallel_reads=None)  # files in order: deterministic
+    ds = ds.take(per_worker * num_workers).shard(num_workers, worker_index)
+    ds = ds.apply(tf.data.experimental.assert_cardinality(per_worker))
+    if training:
+        ds = ds.cache()  # serialized records: 1/worker of 150 MB at most
+        ds = ds.shuffle(min(per_worker, 50_000), seed=seed, reshuffle_each_iteration=True)
+    ds = ds.batch(batch_size, drop_remainder=drop_remainder)
+    ds = ds.map(parse_batch, num_parallel_calls=tf.data.AUTOTUNE)
+    if training:
+        ds = ds.map(augment_batch, num_parallel_calls=tf.data.AUTOTUNE)
+    else:
+        ds = ds.cache()
+    return ds.prefetch(tf.data.AUTOTUNE)
+
+
+def steps_per_epoch(records, batch_size, num_workers=1, drop_remainder=False):
+    per_worker = records // num_workers
+    return per_worker // batch_size if drop_remainder else -(-per_worker // batch_size)

@@ -1,0 +1,63 @@
+"""Command-line arguments of every entry point, with SageMaker's container variables as defaults.
+
+SageMaker passes each hyperparameter as ``--key value`` and describes channels and output
+folders in ``SM_*`` variables. Defaulting to those variables, not reading them directly,
+keeps the scripts usable outside a container with explicit paths.
+"""
+
+import argparse
+import os
+
+
+
+def default_checkpoint_dir():
+    """SageMaker: /opt/ml/checkpoints (synced with checkpoint_s3_uri) sits beside /opt/ml/model.
+
+    Deriving it from SM_MODEL_DIR keeps it right wherever the job folder is laid out.
+    """
+    model_dir = os.environ.get("SM_MODEL_DIR")
+    if model_dir:
+        candidate = os.path.join(os.path.dirname(os.path.normpath(model_dir)), "checkpoints")
+        if os.path.isdir(candidate):
+            return candidate
+    return None
+
+
+def build_parser(description):
+    env = os.environ.get
+    parser = argparse.ArgumentParser(description=description)
+    hp = parser.add_argument_group("hyperparameters")
+    hp.add_argument("--epochs", type=int, default=20)
+    hp.add_argument("--batch-size", type=int, default=128, help="per worker")
+    hp.add_argument("--learning-rate", type=float, default=0.05,
+                    help="peak learning rate for one worker (distributed runs scale it)")
+    hp.add_argument("--warmup-epochs", type=float, default=2.0)
+    hp.add_argument("--momentum", type=float, default=0.9)
+    hp.add_argument("--weight-decay", type=float, default=5e-4)
+    hp.add_argument("--label-smoothing", type=float, default=0.1)
+    hp.add_argument("--seed", type=int, default=0)
+    paths = parser.add_argument_group("data and outputs (SageMaker sets the defaults)")
+    paths.add_argument("--train", default=env("SM_CHANNEL_TRAIN"))
+    paths.add_argument("--validation", default=env("SM_CHANNEL_VALIDATION"))
+    paths.add_argument("--eval", default=env("SM_CHANNEL_EVAL"))
+    paths.add_argument("--sm-model-dir", default=env("SM_MODEL_DIR"),
+                       help="where the SavedModel goes (packed into model.tar.gz)")
+    paths.add_argument("--output-data-dir", default=env("SM_OUTPUT_DATA_DIR"),
+                       help="metrics.json and TensorBoard logs (packed into output.tar.gz)")
+    paths.add_argument("--checkpoint-dir",
+                       default=default_checkpoint_dir(),
+                       help="per-epoch checkpoints; a run resumes from the latest one")
+    # SageMaker: the TF estimator always passes --model_dir (an S3 prefix); the model goes to
+    # --sm-model-dir instead, so this is accepted and ignored.
+    paths.add_argument("--model_dir", help=argparse.SUPPRESS)
+    return parser
+
+
+def parse_args(description, argv=None):
+    parser = build_parser(description)
+    args = parser.parse_args(argv)
+    for flag in ("train", "validation", "eval", "sm_model_dir", "output_data_dir"):
+        if not getattr(args, flag):
+            name = flag.replace("_", "-")
+            parser.error(f"--{name} is required outside SageMaker (no SM_* variable set it)")
+    return args

@@ -1,0 +1,40 @@
+"""Save the trained model as a TF Serving SavedModel that takes raw uint8 images."""
+
+import contextlib
+import io
+import os
+import shutil
+
+import tensorflow as tf
+
+from .data import IMAGE_SHAPE
+
+MODEL_VERSION = "1"  # TF Serving loads <model dir>/<version>/
+
+
+def save_for_serving(model, model_dir):
+    """Write ``model_dir/1`` with signature ``serving_default``: image -> probabilities, class_id.
+
+    Written to a temporary folder and renamed, so a crash never leaves a half model.
+    """
+    final = os.path.join(model_dir, MODEL_VERSION)
+    partial = final + ".partial"
+    shutil.rmtree(partial, ignore_errors=True)
+
+    def serve(image):
+        logits = model(image, training=False)
+        return {"probabilities": tf.nn.softmax(logits),
+                "class_id": tf.argmax(logits, axis=-1, output_type=tf.int32)}
+
+    archive = tf.keras.export.ExportArchive()
+    archive.track(model)
+    archive.add_endpoint(
+        name="serving_default", fn=serve,
+        input_signature=[tf.TensorSpec((None,) + IMAGE_SHAPE, tf.uint8, name="image")])
+    with contextlib.redirect_stdout(io.StringIO()):  # Keras lists every captured tensor
+        archive.write_out(partial)
+    shutil.rmtree(final, ignore_errors=True)
+    os.replace(partial, final)
+    print(f"saved model: {final} (serving_default: uint8 image [n,32,32,3] -> probabilities, "
+          "class_id)", flush=True)
+    return final

@@ -1,0 +1,89 @@
+"""Train the workshop's CIFAR-10 CNN with a TF2 custom loop: tf.GradientTape in a tf.function (2.1).
+
+The same model, data and SageMaker contract as train_keras.py; the loop is written out so that the
+distributed variants (train_tf_horovod.py, train_tf_ddp.py, train_tf_mwms.py) can show exactly what
+distribution adds. Without SageMaker, pass the paths yourself:
+
+  python train_tf.py --train data/cifar10/train --validation data/cifar10/validation \
+      --eval data/cifar10/eval --sm-model-dir /tmp/model --output-data-dir /tmp/output --epochs 5
+"""
+
+import time
+
+import tensorflow as tf
+
+from cifar import data, serving
+from cifar import model as cnn
+from cifar.checkpoints import EpochCheckpoints
+from cifar.report import TrainingLog
+from cifar.sagemaker_args import parse_args
+
+args = parse_args(__doc__)
+tf.keras.utils.set_random_seed(args.seed)
+
+train = data.make_dataset(args.train, args.batch_size, training=True, channel="train",
+                          seed=args.seed)
+validation = data.make_dataset(args.validation, args.batch_size, training=False,
+                               channel="validation")
+evaluation = data.make_dataset(args.eval, args.batch_size, training=False, channel="eval")
+train_records = data.count_records(args.train, "train")
+steps = data.steps_per_epoch(train_records, args.batch_size)
+
+model = cnn.build_model()
+optimizer = cnn.build_optimizer(args.learning_rate, total_steps=steps * args.epochs,
+                                warmup_steps=steps * args.warmup_epochs,
+                                momentum=args.momentum, weight_decay=args.weight_decay)
+loss_fn = cnn.loss_fn(args.label_smoothing)
+mean_loss = tf.keras.metrics.Mean()
+accuracy = tf.keras.metrics.SparseCategoricalAccuracy()
+
+
+@tf.function
+def train_step(images, labels):
+    with tf.GradientTape() as tape:
+        logits = model(images, training=True)  # dropout and batch-norm statistics on
+        loss = tf.reduce_mean(loss_fn(labels, logits))
+    gradients = tape.gradient(loss, model.trainable_variables)
+    optimizer.apply_gradients(zip(gradients, model.trainable_variables))
+    mean_loss.update_state(loss)
+    accuracy.update_state(labels, logits)
+
+
+@tf.function
+def test_step(images, labels):
+    logits = model(images, training=False)
+    mean_loss.update_state(tf.reduce_mean(loss_fn(labels, logits)), sample_weight=tf.shape(labels)[0])
+    accuracy.update_state(labels, logits)
+
+
+def run_epoch(dataset, step):
+    """Run ``step`` over ``dataset``; returns (mean loss, accuracy) and resets the metrics."""
+    for images, labels in dataset:
+        step(images, labels)
+    result = float(mean_loss.result()), float(accuracy.result())
+    mean_loss.reset_state()
+    accuracy.reset_state()
+    return result
+
+
+# SageMaker: checkpoints go to /opt/ml/checkpoints (synced to checkpoint_s3_uri); a restarted
+# job, e.g. after a spot interruption, resumes after the last finished epoch.
+checkpoints = EpochCheckpoints(args.checkpoint_dir, model, optimizer)
+epochs_done, history = checkpoints.restore()
+log = TrainingLog(args.output_data_dir, args.epochs, history)
+if epochs_done:
+    log.say(f"resuming from checkpoint: epochs 1-{epochs_done} done")
+
+for epoch in range(epochs_done + 1, args.epochs + 1):
+    start = time.time()
+    train_loss, train_accuracy = run_epoch(train, train_step)
+    seconds = time.time() - start
+    val_loss, val_accuracy = run_epoch(validation, test_step)
+    log.epoch(epoch, train_loss, train_accuracy, val_loss, val_accuracy,
+              optimizer.learning_rate, seconds, train_records)
+    checkpoints.save(epoch, log.history)
+
+eval_loss, eval_accuracy = run_epoch(evaluation, test_step)
+# SageMaker: everything in SM_MODEL_DIR becomes model.tar.gz; TF Serving loads <dir>/1/.
+serving.save_for_serving(model, args.sm_model_dir)
+log.finish(eval_loss, eval_accuracy, entry_point="train_tf.py")
