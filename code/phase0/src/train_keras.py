@@ -50,8 +50,9 @@ def end_of_epoch(epoch, logs):
     checkpoints.save(epoch + 1, log.history)
 
 
+epoch_end = tf.keras.callbacks.LambdaCallback(on_epoch_end=end_of_epoch)
 model.fit(train, epochs=args.epochs, initial_epoch=epochs_done, validation_data=validation,
-          verbose=0, callbacks=[timer, tf.keras.callbacks.LambdaCallback(on_epoch_end=end_of_epoch)])
+          verbose=0, callbacks=[timer, epoch_end])
 
 eval_loss, eval_accuracy = model.evaluate(evaluation, verbose=0)
 # SageMaker: everything in SM_MODEL_DIR becomes model.tar.gz; TF Serving loads <dir>/1/.

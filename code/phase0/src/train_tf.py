@@ -52,7 +52,8 @@ def train_step(images, labels):
 @tf.function
 def test_step(images, labels):
     logits = model(images, training=False)
-    mean_loss.update_state(tf.reduce_mean(loss_fn(labels, logits)), sample_weight=tf.shape(labels)[0])
+    batch_loss = tf.reduce_mean(loss_fn(labels, logits))
+    mean_loss.update_state(batch_loss, sample_weight=tf.shape(labels)[0])  # exact over a split
     accuracy.update_state(labels, logits)
 
 

@@ -1,7 +1,8 @@
 """Training logs in one fixed format, TensorBoard scalars and metrics.json.
 
-The per-epoch line is what the notebooks' SageMaker ``metric_definitions`` parse:
-  epoch 3/20 - loss: 1.2345 - accuracy: 0.5678 - val_loss: 1.1111 - val_accuracy: 0.6000 - lr: 0.050000 - time: 12.3s - images/s: 3250.1
+The per-epoch line is what the notebooks' SageMaker ``metric_definitions`` parse (one line):
+  epoch 3/20 - loss: 1.2345 - accuracy: 0.5678 - val_loss: 1.1111 - val_accuracy: 0.6000
+      - lr: 0.050000 - time: 12.3s - images/s: 3250.1
   eval - loss: 0.4567 - accuracy: 0.8512
 """
 
@@ -12,10 +13,12 @@ import time
 import tensorflow as tf
 
 METRICS_FILE = "metrics.json"
+SCALARS = ("loss", "accuracy", "val_loss", "val_accuracy", "lr", "images_per_sec")
 
 
 def epoch_line(row, epochs):
-    return (f"epoch {row['epoch']}/{epochs} - loss: {row['loss']:.4f} - accuracy: {row['accuracy']:.4f}"
+    return (f"epoch {row['epoch']}/{epochs} - loss: {row['loss']:.4f}"
+            f" - accuracy: {row['accuracy']:.4f}"
             f" - val_loss: {row['val_loss']:.4f} - val_accuracy: {row['val_accuracy']:.4f}"
             f" - lr: {row['lr']:.6f} - time: {row['seconds']:.1f}s"
             f" - images/s: {row['images_per_sec']:.1f}")
@@ -39,7 +42,8 @@ class TrainingLog:
         if chief and output_dir:
             os.makedirs(output_dir, exist_ok=True)
             if tensorboard_installed():
-                self.writer = tf.summary.create_file_writer(os.path.join(output_dir, "tensorboard"))
+                logdir = os.path.join(output_dir, "tensorboard")
+                self.writer = tf.summary.create_file_writer(logdir)
             else:
                 self.say("TensorBoard is not installed: no TensorBoard logs this run")
 
@@ -57,7 +61,7 @@ class TrainingLog:
         self.say(epoch_line(row, self.epochs))
         if self.writer:
             with self.writer.as_default(step=epoch):
-                for name in ("loss", "accuracy", "val_loss", "val_accuracy", "lr", "images_per_sec"):
+                for name in SCALARS:
                     tf.summary.scalar(name, row[name])
             self.writer.flush()
         return row
@@ -69,8 +73,8 @@ class TrainingLog:
         metrics = {
             "eval_loss": float(eval_loss), "eval_accuracy": float(eval_accuracy),
             "epochs": len(self.history), "workers": self.workers,
-            "images_per_sec": round(sum(r["images_per_sec"] for r in timed) / max(len(timed), 1), 1),
-            "epoch_seconds": round(sum(r["seconds"] for r in timed) / max(len(timed), 1), 3),
+            "images_per_sec": round(mean(r["images_per_sec"] for r in timed), 1),
+            "epoch_seconds": round(mean(r["seconds"] for r in timed), 3),
             "wall_seconds": round(time.time() - self.started, 1),
             "tensorflow": tf.__version__, "keras": keras_version(),
             "history": self.history, **extra}
@@ -80,6 +84,11 @@ class TrainingLog:
                 json.dump(metrics, f, indent=1)
             os.replace(path + ".tmp", path)
         return metrics
+
+
+def mean(values):
+    values = list(values)
+    return sum(values) / len(values) if values else 0.0
 
 
 def tensorboard_installed():

@@ -9,7 +9,6 @@ import argparse
 import os
 
 
-
 def default_checkpoint_dir():
     """SageMaker: /opt/ml/checkpoints (synced with checkpoint_s3_uri) sits beside /opt/ml/model.
 

@@ -1,0 +1,62 @@
+# The workshop's two commands: `make workshop` and `make test`. Both set up first; set-up is
+# idempotent (stamp files), so a second run does nothing slow.
+
+PYTHON ?= python3.11
+VENV := .venv
+BIN := $(VENV)/bin
+KERNEL := cifar-workshop
+# make workshop: process mode on the real CIFAR-10 (or CIFAR10_URL/CIFAR10_MD5 from the environment).
+WORKSHOP_EPOCHS ?= 3
+
+HOROVOD_FLAGS := HOROVOD_WITH_TENSORFLOW=1 HOROVOD_WITHOUT_PYTORCH=1 HOROVOD_WITHOUT_MXNET=1 \
+                 HOROVOD_WITH_GLOO=1 HOROVOD_WITH_MPI=1 MAKEFLAGS=-j2
+
+.PHONY: setup workshop test lint bench clean
+
+setup: $(VENV)/.done .venv-keras3/.done .venv-toolkit/.done
+
+# Open MPI: mpirun launches the Horovod/SMDDP ranks in process mode, and Horovod builds against it.
+.apt.done:
+	@if dpkg -s libopenmpi-dev openmpi-bin >/dev/null 2>&1; then \
+	  echo "apt: Open MPI present"; \
+	else \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq libopenmpi-dev openmpi-bin; \
+	fi
+	@touch $@
+
+$(VENV)/.done: .apt.done requirements.txt requirements-test.txt constraints.txt
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip setuptools wheel
+	$(BIN)/pip install -q -r requirements.txt -r requirements-test.txt -c constraints.txt
+	$(BIN)/python -c "import horovod.tensorflow" 2>/dev/null || \
+	  $(HOROVOD_FLAGS) $(BIN)/pip install -q --no-build-isolation horovod==0.28.1
+	$(BIN)/horovodrun --check-build | grep -q "\[X\] TensorFlow"
+	# `import workshop` from any working directory (papermill, pytest)
+	echo "$(CURDIR)/code/phase0" > $$($(BIN)/python -c "import sysconfig; print(sysconfig.get_paths()['purelib'])")/cifar_workshop.pth
+	$(BIN)/python -m ipykernel install --user --name $(KERNEL) --display-name "Python 3 (CIFAR-10 workshop, TF 2.15)" >/dev/null
+	touch $@
+
+.venv-keras3/.done: requirements-keras3.txt
+	test -x .venv-keras3/bin/python || $(PYTHON) -m venv .venv-keras3
+	.venv-keras3/bin/pip install -q -r requirements-keras3.txt
+	touch $@
+
+.venv-toolkit/.done: requirements-toolkit.txt
+	test -x .venv-toolkit/bin/python || $(PYTHON) -m venv .venv-toolkit
+	.venv-toolkit/bin/pip install -q -r requirements-toolkit.txt
+	touch $@
+
+workshop: setup
+	$(BIN)/python -m workshop.run_notebooks --kernel $(KERNEL) --epochs $(WORKSHOP_EPOCHS)
+
+lint: $(VENV)/.done
+	$(BIN)/ruff check .
+
+test: setup lint
+	$(BIN)/python -m pytest -q -p no:cacheprovider tests
+
+bench: setup
+	$(BIN)/python benchmarks/input_pipeline.py
+
+clean:
+	rm -rf code/phase0/runs

@@ -1,0 +1,98 @@
+"""Run the workshop's notebooks headless with papermill and print one line per notebook.
+
+  python -m workshop.run_notebooks [--epochs 3] [--only 1.1 1.2] [-p NAME VALUE ...]
+
+Executed copies go to runs/notebooks/ (git-ignored). Each notebook ends by printing
+``RESULT {json}``; that line is the notebook's headline in the summary.
+"""
+
+import argparse
+import json
+import re
+import sys
+import time
+from pathlib import Path
+
+from . import PHASE0_DIR, RUNS_DIR
+
+KERNEL = "cifar-workshop"
+TRAINING_PARAMETERS = ("EPOCHS",)
+
+
+def notebooks(only=()):
+    """The numbered notebooks of code/phase0 in workshop order (0.0, 1.0, 1.1, 1.2, 1.5, 2.1, …)."""
+    found = [p for p in PHASE0_DIR.glob("*.ipynb") if re.match(r"\d+\.\d+", p.name)]
+    found.sort(key=lambda p: tuple(int(n) for n in p.name.split(".")[:2]))
+    return [p for p in found if not only or any(p.name.startswith(o + ".") for o in only)]
+
+
+def parameter_names(path):
+    """Names assigned in the notebook's `parameters` cell (papermill ignores unknown ones)."""
+    import nbformat
+
+    for cell in nbformat.read(path, as_version=4).cells:
+        if "parameters" in cell.get("metadata", {}).get("tags", []):
+            return set(re.findall(r"^([A-Z_][A-Z0-9_]*)\s*=", cell.source, re.M))
+    return set()
+
+
+def result_line(notebook):
+    """The parsed ``RESULT {json}`` a notebook printed, or None."""
+    for cell in notebook.cells:
+        for output in cell.get("outputs", []):
+            for line in output.get("text", "").splitlines():
+                if line.startswith("RESULT "):
+                    return json.loads(line[len("RESULT "):])
+    return None
+
+
+def execute(path, parameters=None, output_dir=None, kernel=KERNEL):
+    """Execute one notebook; returns {"notebook", "ok", "seconds", "result", "error", "output"}."""
+    import papermill
+
+    output_dir = Path(output_dir or RUNS_DIR / "notebooks")
+    output_dir.mkdir(parents=True, exist_ok=True)
+    output = output_dir / path.name
+    known = parameter_names(path)
+    parameters = {k: v for k, v in (parameters or {}).items() if k in known}
+    start, error, executed = time.time(), None, None
+    try:
+        executed = papermill.execute_notebook(
+            str(path), str(output), parameters=parameters, kernel_name=kernel,
+            cwd=str(PHASE0_DIR), progress_bar=False)
+    except papermill.PapermillExecutionError as err:
+        error = f"{err.ename}: {err.evalue}"
+    return {"notebook": path.name, "ok": error is None, "seconds": round(time.time() - start, 1),
+            "result": result_line(executed) if executed else None, "error": error,
+            "output": str(output)}
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--epochs", type=int, help="EPOCHS for every training notebook")
+    parser.add_argument("--only", nargs="*", default=(), help="notebook numbers, e.g. 1.0 1.1")
+    parser.add_argument("--kernel", default=KERNEL)
+    parser.add_argument("-p", nargs=2, action="append", default=[], metavar=("NAME", "VALUE"),
+                        help="extra parameter (value parsed as JSON when it can be)")
+    args = parser.parse_args(argv)
+    parameters = {"INSTALL": False}
+    if args.epochs:
+        parameters["EPOCHS"] = args.epochs
+    for name, value in args.p:
+        try:
+            parameters[name] = json.loads(value)
+        except json.JSONDecodeError:
+            parameters[name] = value
+    failed = 0
+    for path in notebooks(args.only):
+        outcome = execute(path, parameters, kernel=args.kernel)
+        failed += not outcome["ok"]
+        status = "passed" if outcome["ok"] else "FAILED"
+        headline = json.dumps(outcome["result"]) if outcome["ok"] else outcome["error"]
+        print(f"{status:6}  {outcome['seconds']:7.1f}s  {path.name:45}  {headline}", flush=True)
+    print(f"executed notebooks: {RUNS_DIR / 'notebooks'}")
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
