@@ -6,7 +6,9 @@ converted data holds train 1,024 / validation 256 / eval 256 records.
 
 import functools
 import http.server
+import os
 import sys
+import tempfile
 import threading
 from pathlib import Path
 from types import SimpleNamespace
@@ -20,6 +22,11 @@ for _path in (TESTS_DIR, PHASE0_DIR, PHASE0_DIR / "src"):  # synthetic_cifar, wo
         sys.path.insert(0, str(_path))
 
 import synthetic_cifar
+
+# No AWS here: don't let boto3 probe the EC2 metadata service. Job folders and executed
+# notebooks of the tests (and of the kernels they start) go to a throwaway folder.
+os.environ["AWS_EC2_METADATA_DISABLED"] = "true"
+os.environ["WORKSHOP_RUNS_DIR"] = tempfile.mkdtemp(prefix="workshop-runs-")
 
 PER_BATCH = 256
 TRUNCATED_PREFIX = "/truncated/"

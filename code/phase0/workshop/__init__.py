@@ -5,12 +5,14 @@ Relative paths given by notebooks are resolved against the notebooks' folder, so
 behaves the same whatever directory papermill or Jupyter was started from.
 """
 
+import os
 from pathlib import Path
 
 PHASE0_DIR = Path(__file__).resolve().parent.parent
 SRC_DIR = PHASE0_DIR / "src"
 DEFAULT_DATA_DIR = PHASE0_DIR / "data" / "cifar10"
-RUNS_DIR = PHASE0_DIR / "runs"
+# Job folders and executed notebooks (git-ignored); tests point it elsewhere.
+RUNS_DIR = Path(os.environ.get("WORKSHOP_RUNS_DIR") or PHASE0_DIR / "runs")
 
 
 def resolve(path):

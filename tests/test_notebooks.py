@@ -1,0 +1,69 @@
+"""Every notebook: committed clean with one `parameters` cell; executed headless with papermill
+against the fixture data, and its RESULT asserted."""
+
+import nbformat
+import pytest
+
+from workshop import RUNS_DIR, run_notebooks
+
+NOTEBOOKS = run_notebooks.notebooks()
+TRAINING_PARAMETERS = {"MODE", "DATA_DIR", "EPOCHS", "BATCH_SIZE", "LEARNING_RATE"}
+
+
+def test_the_workshop_has_its_notebooks():
+    names = [p.name for p in NOTEBOOKS]
+    for expected in ("0.0.Setup-Environment.ipynb", "1.0.Download-Dataset.ipynb",
+                     "1.1.Train-Scratch.ipynb"):
+        assert expected in names
+    assert names == sorted(names, key=lambda n: tuple(int(x) for x in n.split(".")[:2]))
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.name)
+def test_committed_notebook_is_clean_with_one_parameters_cell(path):
+    notebook = nbformat.read(path, as_version=4)
+    for cell in notebook.cells:
+        if cell.cell_type == "code":
+            assert cell.outputs == [], f"{path.name} is committed with outputs"
+            assert cell.execution_count is None, f"{path.name} has execution counts"
+    tagged = [c for c in notebook.cells if "parameters" in c.metadata.get("tags", [])]
+    assert len(tagged) == 1, f"{path.name} needs exactly one cell tagged 'parameters'"
+    if path.name >= "1.1":
+        assert TRAINING_PARAMETERS <= run_notebooks.parameter_names(path)
+
+
+def run(tmp_path, prefix, **parameters):
+    """Execute the notebook whose name starts with ``prefix``; returns its RESULT dict."""
+    path = next(p for p in NOTEBOOKS if p.name.startswith(prefix + "."))
+    outcome = run_notebooks.execute(path, parameters, output_dir=tmp_path)
+    assert outcome["ok"], f"{path.name}: {outcome['error']}"
+    assert outcome["result"] is not None, f"{path.name} printed no RESULT line"
+    return outcome["result"], nbformat.read(outcome["output"], as_version=4)
+
+
+def pictures(notebook):
+    return sum("image/png" in o.get("data", {}) for c in notebook.cells for o in c.get("outputs", []))
+
+
+def test_0_0_reports_versions_and_modes_without_aws_or_docker(tmp_path):
+    result, _ = run(tmp_path, "0.0", INSTALL=False)
+    assert result["tensorflow"] == "2.15.1" and result["keras"].startswith("2.")
+    assert result["horovod"] == "0.28.1"
+    assert result["modes"]["process"] is True
+    assert result["modes"]["local"] is False  # no Docker engine on this machine
+    assert result["modes"]["host"] is False  # no AWS credentials here
+
+
+def test_1_0_downloads_converts_and_shows_samples(tmp_path, cifar_url, cifar_archive):
+    result, notebook = run(tmp_path, "1.0", CIFAR10_URL=cifar_url, CIFAR10_MD5=cifar_archive.md5,
+                           DATA_DIR=str(tmp_path / "data"), NUM_SHARDS=2)
+    assert result == {"train": 1024, "validation": 256, "eval": 256, "num_shards": 2}
+    assert pictures(notebook) >= 1
+
+
+def test_1_1_trains_in_the_kernel_above_chance(tmp_path, cifar_data_dir):
+    result, notebook = run(tmp_path, "1.1", DATA_DIR=str(cifar_data_dir), EPOCHS=3, BATCH_SIZE=64)
+    assert result["epochs"] == 3
+    assert result["eval_accuracy"] > 0.3  # 10 classes: chance is 0.1
+    assert result["served_accuracy"] == pytest.approx(result["eval_accuracy"], abs=0.01)
+    assert (RUNS_DIR / "1.1-scratch" / "model" / "1" / "saved_model.pb").exists()
+    assert pictures(notebook) >= 4  # samples, curves, confusion matrix, predictions

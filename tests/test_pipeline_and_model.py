@@ -1,0 +1,84 @@
+"""src/cifar: the input pipeline (train-only augmentation, shapes, ranges) and the model."""
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from cifar import data
+from cifar import model as cnn
+from workshop import dataset
+
+
+def windows_of(image):
+    """Every 32x32 window of the reflect-padded image and of its mirror: what a crop can give."""
+    padded = np.pad(image, ((4, 4), (4, 4), (0, 0)), mode="reflect")
+    crops = [padded[y:y + 32, x:x + 32] for y in range(9) for x in range(9)]
+    return crops + [crop[:, ::-1] for crop in crops]
+
+
+def test_eval_and_validation_are_exactly_the_stored_images(cifar_data_dir):
+    for split in ("validation", "eval"):
+        stored, stored_labels = dataset.read_examples(cifar_data_dir, split, count=None)
+        batches = list(data.make_dataset(cifar_data_dir / split, 100, training=False))
+        images = np.concatenate([b[0].numpy() for b in batches])
+        labels = np.concatenate([b[1].numpy() for b in batches])
+        assert images.dtype == np.uint8 and images.shape == stored.shape
+        np.testing.assert_array_equal(images, stored)  # no augmentation, no shuffling
+        np.testing.assert_array_equal(labels, stored_labels)
+
+
+def test_train_batches_are_augmented_crops_and_flips_of_train_images(cifar_data_dir):
+    stored, _ = dataset.read_examples(cifar_data_dir, "train", count=None)
+    images, labels = next(iter(data.make_dataset(cifar_data_dir / "train", 16, training=True)))
+    assert images.shape == (16, 32, 32, 3) and images.dtype == tf.uint8
+    assert labels.shape == (16,) and labels.dtype == tf.int64
+    changed = 0
+    for image in images.numpy():
+        # search every stored image for one this is a window (or mirrored window) of
+        candidates = [s for s in stored if any(np.array_equal(w, image) for w in windows_of(s))]
+        assert candidates, "a training image is not a crop/flip of any stored image"
+        changed += not any(np.array_equal(image, s) for s in candidates)
+    assert changed >= 8, "augmentation should change most training images"
+
+
+def test_training_epoch_covers_every_record_once(cifar_data_dir):
+    records = data.count_records(cifar_data_dir / "train")
+    seen = sum(int(b[1].shape[0]) for b in data.make_dataset(
+        cifar_data_dir / "train", 100, training=True))
+    assert seen == records == 1024
+    assert data.steps_per_epoch(records, 100) == 11
+
+
+def test_bad_channels_fail_with_the_channel_name(tmp_path):
+    with pytest.raises(data.ChannelError, match="channel 'train'.*does not exist"):
+        data.make_dataset(tmp_path / "missing", 8, training=True, channel="train")
+    with pytest.raises(data.ChannelError, match="channel 'eval': no \\*.tfrecord files"):
+        data.make_dataset(tmp_path, 8, training=False, channel="eval")
+    (tmp_path / "x.tfrecord").write_bytes(b"PNG this is not a TFRecord at all" * 10)
+    with pytest.raises(data.ChannelError, match="x.tfrecord is not a CIFAR-10 TFRecord file"):
+        data.make_dataset(tmp_path, 8, training=False, channel="eval")
+
+
+def test_model_takes_raw_uint8_and_normalises_inside():
+    model = cnn.build_model()
+    assert model.input.dtype == tf.uint8
+    mean_colour = np.round(np.array(cnn.CIFAR10_MEAN) * 255).astype(np.uint8)
+    images = np.broadcast_to(mean_colour, (2, 32, 32, 3))
+    normalised = tf.keras.Model(model.input, model.layers[2].output)(images)
+    assert np.abs(normalised.numpy()).max() < 0.02  # the mean colour maps to ~0
+    assert model(images, training=False).shape == (2, 10)
+
+
+def test_one_cycle_schedule_warms_up_peaks_and_decays_to_zero():
+    schedule = cnn.OneCycle(peak=0.1, total_steps=100, warmup_steps=10)
+    values = [float(schedule(step)) for step in (0, 5, 10, 55, 100, 120)]
+    assert values == pytest.approx([0.0, 0.05, 0.1, 0.05, 0.0, 0.0], abs=1e-6)
+
+
+def test_loss_is_per_example_with_label_smoothing():
+    logits = tf.constant([[10.0] + [0.0] * 9, [0.0] * 9 + [10.0]])
+    losses = cnn.loss_fn(label_smoothing=0.0)(tf.constant([0, 0], tf.int64), logits)
+    assert losses.shape == (2,)
+    assert float(losses[0]) < 0.01 < 5 < float(losses[1])
+    smoothed = cnn.loss_fn(label_smoothing=0.1)(tf.constant([0], tf.int64), logits[:1])
+    assert float(smoothed[0]) > float(losses[0])
