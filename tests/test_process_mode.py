@@ -1,0 +1,213 @@
+"""Process mode launches probe.py like a SageMaker container: folder, env, argv, distribution.
+
+The probe (tests/probe_entry/probe.py) records what it was given in output/data; these tests
+read those records. Distributed launches run for real: mpirun ranks and MWMS worker processes.
+"""
+
+import io
+import json
+import os
+import tarfile
+import time
+from pathlib import Path
+
+import pytest
+from aws_fixtures import *  # noqa: F401,F403 - sdk_offline, probe_estimator
+
+from workshop import jobs
+from workshop.process_mode import JobFailed, run_process_job
+
+MPI = {"mpi": {"enabled": True, "processes_per_host": 2}}
+MWMS = {"multi_worker_mirrored_strategy": {"enabled": True}}
+FAIL_FAST_SECONDS = 20  # the surviving ranks sleep 60 s: failing sooner means they were stopped
+
+
+@pytest.fixture
+def channels(tmp_path):
+    folders = {}
+    for name in ("train", "eval"):
+        folder = tmp_path / "data" / name
+        folder.mkdir(parents=True)
+        (folder / "part-0.tfrecord").write_bytes(b"x")
+        folders[name] = folder
+    return {"train": str(folders["train"]), "eval": f"file://{folders['eval']}"}
+
+
+@pytest.fixture
+def runs(tmp_path):
+    return tmp_path / "runs"
+
+
+def records(job_dir):
+    """{(host, rank): probe record} from output/data."""
+    found = {}
+    for path in (Path(job_dir) / "output" / "data").glob("probe-*.json"):
+        host, rank = path.stem[len("probe-"):].rsplit("-", 1)  # probe-algo-2-3.json
+        found[(host, int(rank))] = json.loads(path.read_text())
+    return found
+
+
+def processes_under(folder):
+    """PIDs whose working directory is inside ``folder`` (the entry points run from code/)."""
+    pids = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                if os.readlink(entry / "cwd").startswith(str(folder)):
+                    pids.append(int(entry.name))
+            except OSError:
+                continue
+    return pids
+
+
+def tar_names(path):
+    with tarfile.open(path) as tar:
+        return sorted(tar.getnames())
+
+
+def test_single_process_job_folder_env_and_argv(probe_estimator, channels, runs, tmp_path):
+    checkpoints = tmp_path / "persistent-checkpoints"
+    estimator = probe_estimator(checkpoint_s3_uri=f"file://{checkpoints}")
+    stream = io.StringIO()
+
+    job = run_process_job(estimator, channels, job_name="probe-single", runs_dir=runs,
+                          stream=stream)
+
+    job_dir = runs / "probe-single"
+    assert job.job_dir == job_dir and job.launcher == "single" and job.num_processes == 1
+    config = job_dir / "input" / "config"
+    hps = json.loads((config / "hyperparameters.json").read_text())
+    assert hps["sagemaker_program"] == '"probe.py"'
+    assert hps["epochs"] == "3" and hps["batch-size"] == "64"  # JSON-encoded, as the SDK sends
+    assert json.loads((config / "resourceconfig.json").read_text())["hosts"] == ["algo-1"]
+    assert sorted(json.loads((config / "inputdataconfig.json").read_text())) == ["eval", "train"]
+    assert (job_dir / "input" / "data" / "train").resolve() == Path(channels["train"])
+    assert (job_dir / "code" / "probe.py").is_file()
+    assert (job_dir / "checkpoints").resolve() == checkpoints and checkpoints.is_dir()
+    assert (job_dir / "output" / "success").exists()
+
+    (record,) = records(job_dir).values()
+    env = record["env"]
+    assert record["argv"] == ["probe.py", "--batch-size", "64", "--epochs", "3",
+                              "--model_dir", str(job_dir / "model")]
+    assert record["cwd"] == str(job_dir / "code")
+    assert env["SM_MODEL_DIR"] == str(job_dir / "model")
+    assert env["SM_CHANNEL_TRAIN"] == str(job_dir / "input" / "data" / "train")
+    assert env["SM_CHANNELS"] == '["eval","train"]'
+    assert env["SM_OUTPUT_DATA_DIR"] == str(job_dir / "output" / "data")
+    assert json.loads(env["SM_HPS"]) == {"batch-size": 64, "epochs": 3,
+                                         "model_dir": str(job_dir / "model")}
+    assert env["SM_HP_EPOCHS"] == "3" and env["SM_CURRENT_HOST"] == "algo-1"
+    assert env["TRAINING_JOB_NAME"] == "probe-single" and "TF_CONFIG" not in env
+
+    assert tar_names(job.model_artifact) == ["probe.txt"]
+    assert tar_names(job.output_artifact) == ["metrics.json", "probe-algo-1-0.json"]
+    assert "probe rank 0 on algo-1" in stream.getvalue()
+    assert "probe rank 0 on algo-1" in job.logs_path.read_text()
+
+
+def test_failure_writes_failure_file_and_raises_with_the_tail(probe_estimator, channels, runs):
+    estimator = probe_estimator({"crash-rank": 0})
+
+    with pytest.raises(JobFailed) as failed:
+        run_process_job(estimator, channels, job_name="probe-crash", runs_dir=runs, stream=None)
+
+    job_dir = runs / "probe-crash"
+    assert failed.value.exit_code == 3 and failed.value.job_dir == job_dir
+    assert "crashing as asked" in str(failed.value) and "exited with code 3" in str(failed.value)
+    assert "crashing as asked" in (job_dir / "output" / "failure").read_text()
+    assert not (job_dir / "output" / "success").exists()
+    assert not (job_dir / "model.tar.gz").exists()
+
+
+def test_mpi_runs_ranks_per_simulated_host_with_the_masters_env(probe_estimator, channels, runs):
+    estimator = probe_estimator(distribution=MPI, instance_count=2)
+    stream = io.StringIO()
+
+    job = run_process_job(estimator, channels, job_name="probe-mpi", runs_dir=runs, stream=stream)
+
+    found = records(job.job_dir)
+    assert job.num_processes == 4
+    # The toolkit forwards the master's SM_* to every rank (`mpirun -x NAME`): all say algo-1.
+    assert sorted(found) == [("algo-1", 0), ("algo-1", 1), ("algo-1", 2), ("algo-1", 3)]
+    for record in found.values():
+        assert record["env"]["OMPI_COMM_WORLD_SIZE"] == "4"
+        assert record["env"]["SM_HOSTS"] == '["algo-1","algo-2"]'
+        assert json.loads(record["env"]["SM_FRAMEWORK_PARAMS"])["sagemaker_mpi_enabled"] is True
+        assert record["argv"] == found[("algo-1", 0)]["argv"]
+    assert "[algo-2,rank 3] probe rank 3" in stream.getvalue()
+
+
+def test_smdistributed_ranks_see_their_own_host(probe_estimator, channels, runs):
+    estimator = probe_estimator(distribution={"smdistributed": {"dataparallel": {"enabled": True}}},
+                                instance_count=2, framework_version="2.11", py_version="py39")
+
+    job = run_process_job(estimator, channels, job_name="probe-smddp", runs_dir=runs, stream=None)
+
+    found = records(job.job_dir)
+    assert sorted(found) == [("algo-1", 0), ("algo-1", 1), ("algo-2", 2), ("algo-2", 3)]
+    assert json.loads(found[("algo-2", 2)]["env"]["SM_RESOURCE_CONFIG"])["current_host"] == \
+        "algo-2"
+
+
+def test_mwms_runs_one_worker_per_host_with_tf_config(probe_estimator, channels, runs):
+    estimator = probe_estimator(distribution=MWMS, instance_count=2)
+
+    job = run_process_job(estimator, channels, job_name="probe-mwms", runs_dir=runs, stream=None)
+
+    found = records(job.job_dir)
+    assert sorted(found) == [("algo-1", 0), ("algo-2", 1)]
+    configs = [json.loads(found[key]["env"]["TF_CONFIG"]) for key in sorted(found)]
+    workers = configs[0]["cluster"]["worker"]
+    assert [c["task"] for c in configs] == [{"index": 0, "type": "worker"},
+                                            {"index": 1, "type": "worker"}]
+    assert all(c["cluster"] == {"worker": workers} and c["environment"] == "cloud"
+               for c in configs)
+    assert len(workers) == 2 and all(w.startswith("127.0.0.1:") for w in workers)
+    assert len({w.rsplit(":", 1)[1] for w in workers}) == 2
+    assert found[("algo-2", 1)]["env"]["SM_CURRENT_HOST"] == "algo-2"
+
+
+@pytest.mark.parametrize("distribution", [MPI, MWMS], ids=["mpi", "mwms"])
+def test_a_crashing_rank_fails_the_job_fast_and_leaves_no_process(
+        probe_estimator, channels, runs, distribution):
+    estimator = probe_estimator({"crash-rank": 1, "sleep": 60}, distribution=distribution,
+                                instance_count=2)
+    started = time.monotonic()
+
+    with pytest.raises(JobFailed) as failed:
+        run_process_job(estimator, channels, runs_dir=runs, stream=None)
+
+    assert time.monotonic() - started < FAIL_FAST_SECONDS
+    assert "crashing as asked" in str(failed.value)
+    assert processes_under(failed.value.job_dir) == []
+
+
+def test_timeout_stops_every_rank(probe_estimator, channels, runs):
+    estimator = probe_estimator({"sleep": 60}, distribution=MPI, instance_count=1)
+    started = time.monotonic()
+
+    with pytest.raises(JobFailed, match="timed out after 2s") as failed:
+        run_process_job(estimator, channels, runs_dir=runs, stream=None, timeout=2)
+
+    assert time.monotonic() - started < FAIL_FAST_SECONDS
+    assert processes_under(failed.value.job_dir) == []
+    assert "timed out" in (failed.value.job_dir / "output" / "failure").read_text()
+
+
+def test_s3_channels_are_refused_with_the_fix(probe_estimator, runs):
+    with pytest.raises(ValueError, match="process mode reads local data.*data_channels"):
+        run_process_job(probe_estimator(), {"train": "s3://bucket/train"}, runs_dir=runs)
+
+
+def test_jobs_run_returns_the_common_result(probe_estimator, channels, runs, capsys):
+    result = jobs.run(probe_estimator(), channels, "process", runs_dir=runs)
+
+    assert result.mode == "process" and (runs / result.job_name).is_dir()
+    assert result.model_artifact == runs / result.job_name / "model.tar.gz"
+    assert result.output_dir == runs / result.job_name / "output" / "data"
+    assert result.metrics["eval_accuracy"] == 0.5
+    assert result.history == [{"epoch": 1, "loss": 2.0}]
+    assert result.logs_path.read_text().count("probe rank 0") == 1
+    assert result.wall_seconds > 0
+    assert "probe rank 0 on algo-1" in capsys.readouterr().out
