@@ -4,29 +4,27 @@ The archive has the real layout (see synthetic_cifar.py) with 256 images per bat
 converted data holds train 1,024 / validation 256 / eval 256 records.
 """
 
+import atexit
 import functools
 import http.server
 import os
-import sys
+import shutil
 import tempfile
 import threading
 from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
+import synthetic_cifar
 
 TESTS_DIR = Path(__file__).resolve().parent
 PHASE0_DIR = TESTS_DIR.parent / "code" / "phase0"
-for _path in (TESTS_DIR, PHASE0_DIR, PHASE0_DIR / "src"):  # synthetic_cifar, workshop, cifar
-    if str(_path) not in sys.path:
-        sys.path.insert(0, str(_path))
-
-import synthetic_cifar
 
 # No AWS here: don't let boto3 probe the EC2 metadata service. Job folders and executed
 # notebooks of the tests (and of the kernels they start) go to a throwaway folder.
 os.environ["AWS_EC2_METADATA_DISABLED"] = "true"
 os.environ["WORKSHOP_RUNS_DIR"] = tempfile.mkdtemp(prefix="workshop-runs-")
+atexit.register(shutil.rmtree, os.environ["WORKSHOP_RUNS_DIR"], ignore_errors=True)
 
 PER_BATCH = 256
 TRUNCATED_PREFIX = "/truncated/"

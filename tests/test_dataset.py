@@ -12,7 +12,8 @@ import time
 import numpy as np
 import pytest
 import synthetic_cifar
-from conftest import PER_BATCH, PHASE0_DIR, TRUNCATED_PREFIX
+from conftest import PER_BATCH, TRUNCATED_PREFIX
+
 from workshop import dataset
 from workshop.dataset import DatasetError
 

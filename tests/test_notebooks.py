@@ -13,7 +13,8 @@ TRAINING_PARAMETERS = {"MODE", "DATA_DIR", "EPOCHS", "BATCH_SIZE", "LEARNING_RAT
 def test_the_workshop_has_its_notebooks():
     names = [p.name for p in NOTEBOOKS]
     for expected in ("0.0.Setup-Environment.ipynb", "1.0.Download-Dataset.ipynb",
-                     "1.1.Train-Scratch.ipynb"):
+                     "1.1.Train-Scratch.ipynb", "1.2.Train_Keras_Local_Script_Mode.ipynb",
+                     "2.1.Train_TF_Local_Script_Mode.ipynb"):
         assert expected in names
     assert names == sorted(names, key=lambda n: tuple(int(x) for x in n.split(".")[:2]))
 
@@ -41,7 +42,8 @@ def run(tmp_path, prefix, **parameters):
 
 
 def pictures(notebook):
-    return sum("image/png" in o.get("data", {}) for c in notebook.cells for o in c.get("outputs", []))
+    outputs = [o for cell in notebook.cells for o in cell.get("outputs", [])]
+    return sum("image/png" in o.get("data", {}) for o in outputs)
 
 
 def test_0_0_reports_versions_and_modes_without_aws_or_docker(tmp_path):
@@ -67,3 +69,13 @@ def test_1_1_trains_in_the_kernel_above_chance(tmp_path, cifar_data_dir):
     assert result["served_accuracy"] == pytest.approx(result["eval_accuracy"], abs=0.01)
     assert (RUNS_DIR / "1.1-scratch" / "model" / "1" / "saved_model.pb").exists()
     assert pictures(notebook) >= 4  # samples, curves, confusion matrix, predictions
+
+
+@pytest.mark.parametrize("number", ["1.2", "2.1"])
+def test_script_mode_notebook_trains_in_process_mode(tmp_path, cifar_data_dir, number):
+    result, notebook = run(tmp_path, number, DATA_DIR=str(cifar_data_dir), EPOCHS=2, BATCH_SIZE=64)
+    assert result["mode"] == "process" and result["epochs"] == 2 and result["workers"] == 1
+    assert result["eval_accuracy"] > 0.3
+    assert result["images_per_sec"] > 0
+    assert pictures(notebook) >= 2  # training curves, predictions of the model artifact
+    assert run_notebooks.result_line(notebook) == result

@@ -144,7 +144,8 @@ def _open_http(url, final):
         response = urllib.request.urlopen(url, timeout=CONNECT_TIMEOUT_S)
     except urllib.error.HTTPError as err:
         err.close()
-        raise DatasetError(f"{url} answered HTTP {err.code} {err.reason}: {offline_hint}.") from None
+        raise DatasetError(
+            f"{url} answered HTTP {err.code} {err.reason}: {offline_hint}.") from None
     except (urllib.error.URLError, OSError, HTTPException) as err:
         reason = getattr(err, "reason", err)
         raise DatasetError(f"could not reach {url} ({reason}): {offline_hint}.") from None

@@ -70,8 +70,11 @@ class OneCycle(keras.optimizers.schedules.LearningRateSchedule):
 
 
 def build_optimizer(learning_rate, total_steps, warmup_steps, momentum=0.9, weight_decay=5e-4):
-    """SGD with Nesterov momentum, decoupled weight decay and the one-cycle schedule."""
-    schedule = OneCycle(learning_rate, total_steps, warmup_steps)
+    """SGD with Nesterov momentum, decoupled weight decay and the one-cycle schedule.
+
+    Warm-up takes at most a fifth of training, so that short runs still anneal.
+    """
+    schedule = OneCycle(learning_rate, total_steps, min(warmup_steps, total_steps / 5))
     return keras.optimizers.SGD(learning_rate=schedule, momentum=momentum, nesterov=True,
                                 weight_decay=weight_decay)
 

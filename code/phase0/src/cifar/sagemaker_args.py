@@ -55,8 +55,13 @@ def build_parser(description):
 def parse_args(description, argv=None):
     parser = build_parser(description)
     args = parser.parse_args(argv)
-    for flag in ("train", "validation", "eval", "sm_model_dir", "output_data_dir"):
+    for flag, variable in (("train", "SM_CHANNEL_TRAIN"), ("validation", "SM_CHANNEL_VALIDATION"),
+                           ("eval", "SM_CHANNEL_EVAL"), ("sm_model_dir", "SM_MODEL_DIR"),
+                           ("output_data_dir", "SM_OUTPUT_DATA_DIR")):
         if not getattr(args, flag):
             name = flag.replace("_", "-")
-            parser.error(f"--{name} is required outside SageMaker (no SM_* variable set it)")
+            hint = (f"give estimator.fit() a '{flag}' input" if variable.startswith("SM_CHANNEL")
+                    else "run it as a SageMaker job")
+            parser.error(f"--{name} is missing: pass --{name} PATH, or {hint} "
+                         f"(SageMaker then sets {variable})")
     return args

@@ -1,0 +1,122 @@
+"""Small helpers of the distributed entry points (Horovod, SMDDP, MultiWorkerMirroredStrategy).
+
+Nothing here imports Horovod or SMDDP: the scripts pass in their library's functions, so this
+module also runs where only TensorFlow is installed (the MWMS script, the tests).
+"""
+
+import atexit
+import hashlib
+import json
+import os
+import shutil
+import tempfile
+
+import numpy as np
+import tensorflow as tf
+
+
+def pin_gpu(local_rank):
+    """One GPU per process, chosen by the rank within the host (Horovod's and SMDDP's pattern)."""
+    gpus = tf.config.experimental.list_physical_devices("GPU")
+    for gpu in gpus:
+        tf.config.experimental.set_memory_growth(gpu, True)
+    if gpus:
+        tf.config.experimental.set_visible_devices(gpus[local_rank], "GPU")
+
+
+def average_local_statistics(model, average):
+    """Replace batch-norm moving statistics by their average over all workers.
+
+    Averaged gradients keep the trainable weights identical everywhere, but each worker
+    updates its moving mean and variance from its own batches, so they drift apart.
+    Averaging them (as MirroredStrategy does by itself) before validation makes every
+    worker validate, evaluate and fingerprint the same model, the one rank 0 saves.
+    ``average`` is the library's averaging allreduce (hvd.allreduce, sdp.oob_allreduce).
+    """
+    for variable in _statistics(model):
+        variable.assign(average(tf.convert_to_tensor(variable)))
+
+
+def _statistics(model):
+    """Floating-point non-trainable variables (Keras 3 adds integer dropout seed states)."""
+    return [v for v in model.non_trainable_variables if tf.as_dtype(v.dtype).is_floating]
+
+
+class AverageLocalStatistics(tf.keras.callbacks.Callback):
+    """Keras callback: ``average_local_statistics`` before each validation."""
+
+    def __init__(self, average):
+        super().__init__()
+        self.average = average
+
+    def on_test_begin(self, logs=None):
+        average_local_statistics(self.model, self.average)
+
+
+def weights_fingerprint(model):
+    """8 hex digits of a SHA-256 over every weight of the model (trainable or not), in order.
+
+    Equal on all workers exactly when they hold bit-identical models.
+    """
+    digest = hashlib.sha256()
+    for weight in model.weights:
+        digest.update(np.ascontiguousarray(np.asarray(weight)).tobytes())
+    return digest.hexdigest()[:8]
+
+
+def rank_line(rank, size, shard_records, model, role="rank"):
+    """The line every worker prints last, e.g.
+    ``rank 1/2: trained on 512 records/epoch (shard 1 of 2), weights fingerprint 3f2a9c01``.
+    """
+    return (f"{role} {rank}/{size}: trained on {shard_records} records/epoch "
+            f"(shard {rank} of {size}), weights fingerprint {weights_fingerprint(model)}")
+
+
+# MultiWorkerMirroredStrategy
+
+
+def mwms_worker():
+    """(index, count) of this worker, from the TF_CONFIG SageMaker's MWMS distribution sets:
+
+      {"cluster": {"worker": ["algo-1:port", "algo-2:port"]}, "environment": "cloud",
+       "task": {"type": "worker", "index": 0}}
+
+    Without TF_CONFIG (one process): (0, 1). Worker 0 is the chief.
+    """
+    config = json.loads(os.environ.get("TF_CONFIG") or "{}")
+    workers = config.get("cluster", {}).get("worker", [])
+    return int(config.get("task", {}).get("index", 0)), max(len(workers), 1)
+
+
+def mwms_average_local_statistics(strategy, model):
+    """``average_local_statistics`` under MultiWorkerMirroredStrategy: each replica's own values,
+    averaged over all replicas of all workers by one collective.
+
+    (Keras 2 keeps batch-norm statistics as SyncOnRead variables, averaged whenever they are read
+    outside a replica; Keras 3 does not. Either way, replicas validate with their own copy.)
+    """
+    variables = _statistics(model)
+
+    @tf.function
+    def averaged():
+        def replica_fn():
+            values = [tf.identity(v) for v in variables]
+            return tf.distribute.get_replica_context().all_reduce("MEAN", values)
+        return strategy.experimental_local_results(strategy.run(replica_fn))[0]
+
+    for variable, value in zip(variables, averaged()):
+        variable.assign(value)
+
+
+def worker_dir(path, chief):
+    """``path`` on the chief; a throwaway folder on other workers (None stays None).
+
+    Under MWMS every worker must join each save (saving reads synchronised variables, a
+    collective): the non-chief workers write their copy where nobody looks. See TF's guide
+    "Multi-worker training with Keras", section "Model saving and loading".
+    """
+    if chief or not path:
+        return path
+    throwaway = tempfile.mkdtemp(prefix="mwms-worker-")
+    atexit.register(shutil.rmtree, throwaway, ignore_errors=True)
+    return throwaway

@@ -1,0 +1,169 @@
+"""train_keras.py and train_tf.py: trained under process mode (the container contract), on Keras 2
+here and on Keras 3 in .venv-keras3; the saved model serves; metrics.json, logs and the metric
+regexes agree; a SIGTERM-ed run resumes without losing or repeating an epoch; bad input fails
+clearly.
+"""
+
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import tarfile
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from workshop import SRC_DIR, dataset, inference, jobs
+from workshop.process_mode import JobFailed
+
+ENTRY_POINTS = ("train_keras.py", "train_tf.py")
+KERAS3_PYTHON = Path(__file__).resolve().parents[1] / ".venv-keras3" / "bin" / "python"
+SMALL = {"epochs": 1, "batch-size": 64}
+
+
+def process_job(entry_point, data_dir, runs_dir, hyperparameters=None, inputs=None):
+    estimator = jobs.make_estimator("process", entry_point, hyperparameters or SMALL)
+    inputs = inputs if inputs is not None else jobs.data_channels("process", data_dir)
+    return jobs.run(estimator, inputs, "process", logs=False, runs_dir=runs_dir)
+
+
+@pytest.fixture(scope="module", params=ENTRY_POINTS)
+def trained(request, cifar_data_dir, tmp_path_factory):
+    """One epoch of each entry point in process mode, shared by the assertions below."""
+    runs = tmp_path_factory.mktemp("runs")
+    return request.param, process_job(request.param, cifar_data_dir, runs)
+
+
+def test_model_tar_holds_a_servable_savedmodel(trained, cifar_data_dir):
+    _, result = trained
+    with tarfile.open(result.model_artifact) as tar:
+        names = tar.getnames()
+    assert "1/saved_model.pb" in names and any(n.startswith("1/variables/") for n in names)
+    assert not any("checkpoint" in n or n.endswith(".h5") for n in names)  # no checkpoints inside
+    images, labels = dataset.read_examples(cifar_data_dir, "eval", count=None)
+    predicted = inference.predict_classes(inference.load_signature(result.model_artifact), images)
+    served = float((predicted == labels).mean())
+    assert served == pytest.approx(result.metrics["eval_accuracy"], abs=0.01)
+    assert served > 0.2  # one epoch on learnable data: above chance (0.1)
+
+
+def test_metrics_json_and_the_log_agree(trained):
+    entry_point, result = trained
+    metrics = result.metrics
+    assert metrics["entry_point"] == entry_point and metrics["epochs"] == 1
+    row = metrics["history"][0]
+    assert set(row) >= {"epoch", "loss", "accuracy", "val_loss", "val_accuracy", "lr", "seconds",
+                        "images_per_sec"}
+    assert row["images_per_sec"] > 0 and metrics["images_per_sec"] > 0
+    assert (result.output_dir / "tensorboard").is_dir()
+    # The SageMaker metric_definitions, applied to the real log as CloudWatch would.
+    log = result.logs_path.read_text()
+    found = {}
+    for definition in jobs.METRIC_DEFINITIONS:
+        values = re.findall(definition["Regex"], log)
+        assert values, f"{definition['Name']} matches nothing in the log"
+        found[definition["Name"]] = float(values[-1])
+    assert found["train:loss"] == pytest.approx(row["loss"], abs=1e-4)
+    assert found["validation:accuracy"] == pytest.approx(row["val_accuracy"], abs=1e-4)
+    assert found["eval:accuracy"] == pytest.approx(metrics["eval_accuracy"], abs=1e-4)
+    assert found["train:images_per_sec"] == pytest.approx(row["images_per_sec"], abs=0.1)
+
+
+def standalone(python, entry_point, data_dir, out, *extra, env=None):
+    """The script as people copy it: explicit paths, no SageMaker variables."""
+    return [str(python), str(SRC_DIR / entry_point),
+            "--train", str(data_dir / "train"), "--validation", str(data_dir / "validation"),
+            "--eval", str(data_dir / "eval"), "--sm-model-dir", str(out / "model"),
+            "--output-data-dir", str(out / "output"), *extra]
+
+
+def clean_env():
+    return {k: v for k, v in os.environ.items() if not k.startswith("SM_")}
+
+
+@pytest.mark.parametrize("entry_point", ENTRY_POINTS)
+def test_sigterm_then_rerun_resumes_without_losing_or_repeating_epochs(
+        entry_point, cifar_data_dir, tmp_path):
+    command = standalone(sys.executable, entry_point, cifar_data_dir, tmp_path,
+                         "--epochs", "4", "--batch-size", "32",
+                         "--checkpoint-dir", str(tmp_path / "checkpoints"))
+    first = subprocess.Popen(command, env=clean_env(), stdout=subprocess.PIPE,
+                             stderr=subprocess.STDOUT, text=True)
+    deadline = time.time() + 120
+    while not (tmp_path / "checkpoints" / "checkpoint").exists():  # epoch 1 is saved
+        assert first.poll() is None and time.time() < deadline, first.communicate()[0]
+        time.sleep(0.05)
+    first.send_signal(signal.SIGTERM)  # what SageMaker sends when a spot instance is reclaimed
+    first_log = first.communicate(timeout=60)[0]
+    assert first.returncode != 0, "the first run should have been stopped mid-training"
+    done_first = [int(n) for n in re.findall(r"^epoch (\d+)/4", first_log, re.M)]
+    assert done_first and max(done_first) < 4
+
+    second = subprocess.run(command, env=clean_env(), capture_output=True, text=True, timeout=300)
+    assert second.returncode == 0, second.stderr[-3000:]
+    resumed = int(re.search(r"resuming from checkpoint: epochs 1-(\d+) done", second.stdout)[1])
+    assert resumed >= 1
+    done_second = [int(n) for n in re.findall(r"^epoch (\d+)/4", second.stdout, re.M)]
+    assert done_second == list(range(resumed + 1, 5))  # nothing trained twice
+    metrics = json.loads((tmp_path / "output" / "metrics.json").read_text())
+    assert [row["epoch"] for row in metrics["history"]] == [1, 2, 3, 4]  # nothing lost
+
+
+@pytest.mark.parametrize("entry_point", ENTRY_POINTS)
+def test_keras3_tensorflow_trains_and_saves_a_servable_model(entry_point, cifar_data_dir, tmp_path):
+    """The 2.19 training container is Keras 3: the same script on TF 2.21 / Keras 3."""
+    completed = subprocess.run(
+        standalone(KERAS3_PYTHON, entry_point, cifar_data_dir, tmp_path, "--epochs", "1",
+                   "--batch-size", "64"), env=clean_env(), capture_output=True, text=True,
+        timeout=600)
+    assert completed.returncode == 0, completed.stderr[-3000:]
+    metrics = json.loads((tmp_path / "output" / "metrics.json").read_text())
+    assert metrics["keras"].startswith("3.") and metrics["tensorflow"].startswith("2.21")
+    assert metrics["eval_accuracy"] > 0.2
+    check = ("import sys, numpy as np, tensorflow as tf; "
+             "f = tf.saved_model.load(sys.argv[1]).signatures['serving_default']; "
+             "print(f(image=tf.zeros([3, 32, 32, 3], tf.uint8))['class_id'].shape)")
+    loaded = subprocess.run([str(KERAS3_PYTHON), "-c", check, str(tmp_path / "model" / "1")],
+                            capture_output=True, text=True, timeout=120)
+    assert loaded.stdout.strip() == "(3,)", loaded.stderr[-2000:]
+    # and TF 2.15 (this kernel) serves what Keras 3 saved
+    signature = inference.load_signature(tmp_path / "model")
+    assert inference.predict_classes(signature, np.zeros((2, 32, 32, 3), np.uint8)).shape == (2,)
+
+
+def failure_of(entry_point, data_dir, runs, **kwargs):
+    with pytest.raises(JobFailed) as caught:
+        process_job(entry_point, data_dir, runs, **kwargs)
+    failure = (Path(caught.value.job_dir) / "output" / "failure").read_text()
+    return str(caught.value), failure
+
+
+def test_missing_channel_names_the_channel(cifar_data_dir, tmp_path):
+    inputs = jobs.data_channels("process", cifar_data_dir)
+    del inputs["eval"]
+    message, failure = failure_of("train_tf.py", cifar_data_dir, tmp_path, inputs=inputs)
+    assert "--eval is missing" in failure and "'eval' input" in failure
+    assert "--eval is missing" in message
+
+
+def test_empty_channel_and_non_tfrecord_file_name_the_channel(cifar_data_dir, tmp_path):
+    inputs = jobs.data_channels("process", cifar_data_dir)
+    (tmp_path / "empty").mkdir()
+    inputs["validation"] = f"file://{tmp_path / 'empty'}"
+    _, failure = failure_of("train_keras.py", cifar_data_dir, tmp_path / "a", inputs=inputs)
+    assert "channel 'validation': no *.tfrecord files" in failure
+    (tmp_path / "junk").mkdir()
+    (tmp_path / "junk" / "images.tfrecord").write_bytes(b"\x89PNG not a record" * 100)
+    inputs["validation"] = f"file://{tmp_path / 'junk'}"
+    _, failure = failure_of("train_keras.py", cifar_data_dir, tmp_path / "b", inputs=inputs)
+    assert "images.tfrecord is not a CIFAR-10 TFRecord file" in failure
+
+
+def test_unknown_hyperparameter_is_refused_by_name(cifar_data_dir, tmp_path):
+    _, failure = failure_of("train_keras.py", cifar_data_dir, tmp_path,
+                            hyperparameters={**SMALL, "learning_rate": 0.1})
+    assert "unrecognized arguments: --learning_rate 0.1" in failure
