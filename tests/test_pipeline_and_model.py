@@ -10,8 +10,8 @@ from workshop import dataset
 
 
 def windows_of(image):
-    """Every 32x32 window of the reflect-padded image and of its mirror: what a crop can give."""
-    padded = np.pad(image, ((4, 4), (4, 4), (0, 0)), mode="reflect")
+    """Every 32x32 window of the edge-padded image and of its mirror: what a shift can give."""
+    padded = np.pad(image, ((4, 4), (4, 4), (0, 0)), mode="edge")
     crops = [padded[y:y + 32, x:x + 32] for y in range(9) for x in range(9)]
     return crops + [crop[:, ::-1] for crop in crops]
 
