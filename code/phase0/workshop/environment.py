@@ -7,7 +7,6 @@ import importlib.metadata
 import json
 import os
 import platform
-import shutil
 import subprocess
 import sys
 
@@ -64,42 +63,22 @@ def where_am_i():
     return "other"
 
 
-def docker_status():
-    """(usable, why not): local mode needs a running Docker engine and docker compose."""
-    if not shutil.which("docker"):
-        return False, "no docker command"
-    if _run(["docker", "info"]) != 0:
-        return False, "docker is installed but no Docker engine answers (docker info failed)"
-    if _run(["docker", "compose", "version"]) != 0 and not shutil.which("docker-compose"):
-        return False, "docker compose is missing"
+def mode_status(mode):
+    """(usable, why not), by the same checks the training notebooks run before a job."""
+    from .jobs import ModeUnavailable, check_mode_available
+
+    try:
+        check_mode_available(mode)
+    except ModeUnavailable as err:
+        return False, str(err)
     return True, None
 
 
-def aws_status():
-    """(region, has credentials, role or None, why not) — host mode needs all three."""
+def aws_facts():
     import boto3
 
     session = boto3.Session()
-    region = session.region_name
-    credentials = session.get_credentials() is not None
-    if not credentials:
-        return region, False, None, "no AWS credentials found"
-    if not region:
-        return region, True, None, "no AWS region configured (AWS_DEFAULT_REGION)"
-    try:
-        import sagemaker
-
-        return region, True, sagemaker.get_execution_role(), None
-    except Exception as err:  # outside SageMaker there is no execution role to find
-        return region, True, None, ("no SageMaker execution role found; pass ROLE_ARN to the "
-                                    f"training notebooks ({type(err).__name__})")
-
-
-def _run(command, timeout=10):
-    try:
-        return subprocess.run(command, capture_output=True, timeout=timeout).returncode
-    except (OSError, subprocess.TimeoutExpired):
-        return -1
+    return session.region_name, session.get_credentials() is not None
 
 
 def report():
@@ -107,21 +86,22 @@ def report():
     facts = {"python": platform.python_version(), **tensorflow_facts(),
              "sagemaker_sdk": version("sagemaker"), "where": where_am_i()}
     facts["horovod"], horovod_problem = horovod_status()
-    docker_ok, docker_problem = docker_status()
-    facts["region"], facts["aws_credentials"], facts["role"], aws_problem = aws_status()
+    facts["region"], facts["aws_credentials"] = aws_facts()
+    local_ok, local_problem = mode_status("local")
+    host_ok, host_problem = mode_status("host")
     facts["modes"] = {
         "process": "yes" if facts["tensorflow"] else "no: TensorFlow is not installed",
         "process (Horovod/SMDDP notebooks)": "yes" if facts["horovod"] else
             f"no: Horovod unavailable ({horovod_problem}); run `make setup`",
-        "local": "yes" if docker_ok else f"no: {docker_problem}",
-        "host": "yes" if not aws_problem else f"no: {aws_problem}",
+        "local": "yes" if local_ok else f"no: {local_problem}",
+        "host": "yes" if host_ok else f"no: {host_problem}",
     }
     return facts
 
 
 def print_report(facts):
     for key in ("python", "tensorflow", "keras", "sagemaker_sdk", "horovod", "gpus", "where",
-                "region", "aws_credentials", "role"):
+                "region", "aws_credentials"):
         print(f"{key:>16}: {facts.get(key)}")
     print("\nMODEs on this machine:")
     for mode, verdict in facts["modes"].items():
