@@ -139,14 +139,16 @@ def test_mpi_runs_ranks_per_simulated_host_with_the_masters_env(probe_estimator,
 
 
 def test_smdistributed_ranks_see_their_own_host(probe_estimator, channels, runs):
-    estimator = probe_estimator(distribution={"smdistributed": {"dataparallel": {"enabled": True}}},
-                                instance_count=2, framework_version="2.11", py_version="py39")
+    smddp = {"smdistributed": {"dataparallel": {"enabled": True}}}
+    estimator = probe_estimator(distribution=smddp, instance_count=2, framework_version="2.11",
+                                py_version="py39")
 
     job = run_process_job(estimator, channels, job_name="probe-smddp", runs_dir=runs, stream=None)
 
     found = records(job.job_dir)
-    assert sorted(found) == [("algo-1", 0), ("algo-1", 1), ("algo-2", 2), ("algo-2", 3)]
-    assert json.loads(found[("algo-2", 2)]["env"]["SM_RESOURCE_CONFIG"])["current_host"] == \
+    # one rank per simulated host: SMDDP has no processes_per_host, and a CPU no GPUs to count
+    assert sorted(found) == [("algo-1", 0), ("algo-2", 1)]
+    assert json.loads(found[("algo-2", 1)]["env"]["SM_RESOURCE_CONFIG"])["current_host"] == \
         "algo-2"
 
 

@@ -21,7 +21,7 @@ tests/test_conformance.py runs a probe both here and under the real toolkit and 
 Distribution, with simulated hosts algo-1..algo-N (N = instance_count) on this one machine:
   none                            one process.
   mpi / smdistributed.dataparallel one ``mpirun`` over N x P ranks, one MPMD app context per
-                                  simulated host. P = ``processes_per_host`` if given, else 2
+                                  simulated host. P = ``processes_per_host`` if given, else 1
                                   (SageMaker's default is one per GPU; a CPU has none).
                                   Like SageMaker: ``mpi`` ranks all see algo-1's SM_* variables
                                   (the toolkit forwards the master's with ``mpirun -x NAME``);
@@ -75,7 +75,7 @@ INSTANCE_GROUP = "homogeneousCluster"
 # SM_FRAMEWORK_MODULE.
 TF_TRAINING_MODULE = "sagemaker_tensorflow_container.training:main"
 
-DEFAULT_PROCESSES_PER_HOST = 2
+DEFAULT_PROCESSES_PER_HOST = 1  # a simulated host has no GPUs to give one process each
 TAIL_LINES = 40
 STOP_GRACE_SECONDS = 5
 MPI_TAG = re.compile(r"^\[\d+,(\d+)\]<(?:stdout|stderr)>:(.*)$")

@@ -29,8 +29,8 @@ def average_local_statistics(model, average):
 
     Averaged gradients keep the trainable weights identical everywhere, but each worker
     updates its moving mean and variance from its own batches, so they drift apart.
-    Averaging them (as MirroredStrategy does by itself) before validation makes every
-    worker validate, evaluate and fingerprint the same model, the one rank 0 saves.
+    Averaging them before validation makes every worker validate, evaluate and fingerprint
+    the same model, the one rank 0 saves, with statistics from all the data, not 1/size.
     ``average`` is the library's averaging allreduce (hvd.allreduce, sdp.oob_allreduce).
     """
     for variable in _statistics(model):
@@ -56,7 +56,8 @@ class AverageLocalStatistics(tf.keras.callbacks.Callback):
 def weights_fingerprint(model):
     """8 hex digits of a SHA-256 over every weight of the model (trainable or not), in order.
 
-    Equal on all workers exactly when they hold bit-identical models.
+    Equal on all workers when they hold bit-identical models (and, but for hash collisions,
+    only then).
     """
     digest = hashlib.sha256()
     for weight in model.weights:
@@ -88,24 +89,36 @@ def mwms_worker():
     return int(config.get("task", {}).get("index", 0)), max(len(workers), 1)
 
 
-def mwms_average_local_statistics(strategy, model):
-    """``average_local_statistics`` under MultiWorkerMirroredStrategy: each replica's own values,
-    averaged over all replicas of all workers by one collective.
+def mwms_dataset(strategy, dataset):
+    """A worker's own dataset (sharded and batched by data.make_dataset) as MWMS input, as is.
 
-    (Keras 2 keeps batch-norm statistics as SyncOnRead variables, averaged whenever they are read
-    outside a replica; Keras 3 does not. Either way, replicas validate with their own copy.)
+    tf.distribute would otherwise shard the dataset again over workers (auto-sharding: OFF
+    here) and split its batches over all replicas. Given through a function, each batch goes
+    whole to one replica of this worker: batches of --batch-size per replica.
+    """
+    options = tf.data.Options()
+    options.experimental_distribute.auto_shard_policy = tf.data.experimental.AutoShardPolicy.OFF
+    dataset = dataset.with_options(options)
+    return strategy.distribute_datasets_from_function(lambda input_context: dataset)
+
+
+def mwms_average_local_statistics(strategy, model):
+    """``average_local_statistics`` under MultiWorkerMirroredStrategy: in every replica, its own
+    values are replaced by their mean over all replicas of all workers (one collective).
+
+    (Keras 2 keeps batch-norm statistics as SyncOnRead variables, averaged when read outside a
+    replica, e.g. when saved; Keras 3 as mirrored ones, never averaged. Either way each replica
+    validates with its own copy unless they are averaged.)
     """
     variables = _statistics(model)
 
-    @tf.function
-    def averaged():
-        def replica_fn():
-            values = [tf.identity(v) for v in variables]
-            return tf.distribute.get_replica_context().all_reduce("MEAN", values)
-        return strategy.experimental_local_results(strategy.run(replica_fn))[0]
+    def in_replica():
+        context = tf.distribute.get_replica_context()
+        means = context.all_reduce("MEAN", [tf.identity(v) for v in variables])
+        for variable, mean in zip(variables, means):
+            variable.assign(mean)
 
-    for variable, value in zip(variables, averaged()):
-        variable.assign(value)
+    tf.function(lambda: strategy.run(in_replica))()
 
 
 def worker_dir(path, chief):

@@ -20,21 +20,28 @@ def save_for_serving(model, model_dir):
     final = os.path.join(model_dir, MODEL_VERSION)
     partial = final + ".partial"
     shutil.rmtree(partial, ignore_errors=True)
+    signature = [tf.TensorSpec((None,) + IMAGE_SHAPE, tf.uint8, name="image")]
 
     def serve(image):
         logits = model(image, training=False)
         return {"probabilities": tf.nn.softmax(logits),
                 "class_id": tf.argmax(logits, axis=-1, output_type=tf.int32)}
 
-    archive = tf.keras.export.ExportArchive()
-    archive.track(model)
-    archive.add_endpoint(
-        name="serving_default", fn=serve,
-        input_signature=[tf.TensorSpec((None,) + IMAGE_SHAPE, tf.uint8, name="image")])
-    with contextlib.redirect_stdout(io.StringIO()):  # Keras lists every captured tensor
-        archive.write_out(partial)
+    if hasattr(tf.keras, "export"):  # Keras 2.12+ and Keras 3
+        write_export_archive(model, serve, signature, partial)
+    else:  # TF 2.11 (the SMDDP image): Keras 2 models save with tf.saved_model directly
+        tf.saved_model.save(model, partial, signatures={
+            "serving_default": tf.function(serve, input_signature=signature)})
     shutil.rmtree(final, ignore_errors=True)
     os.replace(partial, final)
     print(f"saved model: {final} (serving_default: uint8 image [n,32,32,3] -> probabilities, "
           "class_id)", flush=True)
     return final
+
+
+def write_export_archive(model, serve, signature, path):
+    archive = tf.keras.export.ExportArchive()
+    archive.track(model)
+    archive.add_endpoint(name="serving_default", fn=serve, input_signature=signature)
+    with contextlib.redirect_stdout(io.StringIO()):  # Keras lists every captured tensor
+        archive.write_out(path)

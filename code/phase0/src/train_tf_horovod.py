@@ -1,0 +1,118 @@
+"""Train the workshop's CIFAR-10 CNN with a TF2 custom loop on N processes with Horovod (2.2).
+
+train_tf.py plus ``horovod.tensorflow``: one process per GPU, each training on its own shard of
+the data; DistributedGradientTape averages the gradients, so all processes keep identical weights.
+Every line that differs from train_tf.py is marked ``# Horovod:``. SageMaker starts the processes
+with ``distribution={"mpi": {"enabled": True, "processes_per_host": <GPUs per instance>}}``;
+without SageMaker, start them yourself:
+
+  mpirun -np 2 python train_tf_horovod.py --train data/cifar10/train \
+      --validation data/cifar10/validation --eval data/cifar10/eval \
+      --sm-model-dir /tmp/model --output-data-dir /tmp/output --epochs 5
+"""
+
+import time
+
+import tensorflow as tf
+
+# Horovod: imported after TensorFlow, so that TF 2.15 exits without errors (Horovod's cached
+# tf.functions are then freed before TensorFlow's modules are).
+import horovod.tensorflow as hvd  # isort: skip  # Horovod:
+
+from cifar import data, distributed, serving  # Horovod: + distributed
+from cifar import model as cnn
+from cifar.checkpoints import EpochCheckpoints
+from cifar.report import TrainingLog
+from cifar.sagemaker_args import parse_args
+
+args = parse_args(__doc__)
+hvd.init()  # Horovod: ranks 0..size-1 over all hosts; local_rank counts within a host
+distributed.pin_gpu(hvd.local_rank())  # Horovod: one GPU per process (where there are GPUs)
+chief = hvd.rank() == 0  # Horovod: rank 0, not local_rank 0 (one per host), logs and saves
+tf.keras.utils.set_random_seed(args.seed)
+
+# Horovod: each rank reads its own 1/size of train and validation (equal, disjoint shares), so an
+# epoch is still one pass over the data, in size times fewer steps. Every rank evaluates the
+# whole eval set: exact for any number of ranks, and every rank holds the model rank 0 saves.
+shard = {"num_workers": hvd.size(), "worker_index": hvd.rank()}  # Horovod:
+train = data.make_dataset(args.train, args.batch_size, training=True, channel="train",
+                          seed=args.seed, **shard)  # Horovod: + shard
+validation = data.make_dataset(args.validation, args.batch_size, training=False,
+                               channel="validation", **shard)  # Horovod: + shard
+evaluation = data.make_dataset(args.eval, args.batch_size, training=False, channel="eval")
+train_records = data.count_records(args.train, "train")
+shard_records = train_records // hvd.size()  # Horovod: records per rank and epoch
+steps = data.steps_per_epoch(train_records, args.batch_size, hvd.size())  # Horovod: per rank
+
+model = cnn.build_model()
+peak_lr = args.learning_rate * hvd.size()  # Horovod: size x the batch, size x the learning rate
+optimizer = cnn.build_optimizer(peak_lr, total_steps=steps * args.epochs,  # Horovod: peak_lr
+                                warmup_steps=steps * args.warmup_epochs,
+                                momentum=args.momentum, weight_decay=args.weight_decay)
+loss_fn = cnn.loss_fn(args.label_smoothing)
+mean_loss = tf.keras.metrics.Mean()
+accuracy = tf.keras.metrics.SparseCategoricalAccuracy()
+
+
+@tf.function
+def train_step(images, labels):
+    with tf.GradientTape() as tape:
+        logits = model(images, training=True)  # dropout and batch-norm statistics on
+        loss = tf.reduce_mean(loss_fn(labels, logits))
+    tape = hvd.DistributedGradientTape(tape)  # Horovod: gradients averaged over ranks (allreduce)
+    gradients = tape.gradient(loss, model.trainable_variables)
+    optimizer.apply_gradients(zip(gradients, model.trainable_variables))
+    mean_loss.update_state(loss)
+    accuracy.update_state(labels, logits)
+
+
+@tf.function
+def test_step(images, labels):
+    logits = model(images, training=False)
+    batch_loss = tf.reduce_mean(loss_fn(labels, logits))
+    mean_loss.update_state(batch_loss, sample_weight=tf.shape(labels)[0])  # exact over a split
+    accuracy.update_state(labels, logits)
+
+
+def run_epoch(dataset, step):
+    """Run ``step`` over ``dataset``; returns (mean loss, accuracy) and resets the metrics."""
+    for images, labels in dataset:
+        step(images, labels)
+    result = hvd.allreduce(tf.stack([mean_loss.result(), accuracy.result()]))  # Horovod: mean
+    result = float(result[0]), float(result[1])  # Horovod: of the ranks' (equal) shards
+    mean_loss.reset_state()
+    accuracy.reset_state()
+    return result
+
+
+# SageMaker: checkpoints go to /opt/ml/checkpoints (synced to checkpoint_s3_uri); a restarted
+# job, e.g. after a spot interruption, resumes after the last finished epoch.
+checkpoints = EpochCheckpoints(args.checkpoint_dir, model, optimizer, enabled=chief)  # Horovod:
+epochs_done, history = checkpoints.restore()
+# Horovod: rank 0's epoch count, weights and optimizer state (restored or new) go to all ranks.
+epochs_done = int(hvd.broadcast(epochs_done, root_rank=0))  # Horovod:
+optimizer.build(model.trainable_variables)  # Horovod: the optimizer state exists, to broadcast
+hvd.broadcast_variables(model.variables + optimizer.variables, root_rank=0)  # Horovod:
+log = TrainingLog(args.output_data_dir, args.epochs, history,  # Horovod: rank 0 prints, writes
+                  chief=chief, workers=hvd.size())  # Horovod:
+if epochs_done:
+    log.say(f"resuming from checkpoint: epochs 1-{epochs_done} done")
+
+for epoch in range(epochs_done + 1, args.epochs + 1):
+    start = time.time()
+    train_loss, train_accuracy = run_epoch(train, train_step)
+    seconds = time.time() - start
+    distributed.average_local_statistics(model, hvd.allreduce)  # Horovod: one model everywhere
+    val_loss, val_accuracy = run_epoch(validation, test_step)
+    log.epoch(epoch, train_loss, train_accuracy, val_loss, val_accuracy,
+              optimizer.learning_rate, seconds, shard_records * hvd.size())  # Horovod: all ranks
+    checkpoints.save(epoch, log.history)
+
+eval_loss, eval_accuracy = run_epoch(evaluation, test_step)
+# SageMaker: everything in SM_MODEL_DIR becomes model.tar.gz; TF Serving loads <dir>/1/.
+if chief:  # Horovod: one model, from rank 0
+    serving.save_for_serving(model, args.sm_model_dir)  # Horovod: (indented)
+log.finish(eval_loss, eval_accuracy, entry_point="train_tf_horovod.py",  # Horovod: name,
+           peak_learning_rate=peak_lr)  # Horovod: and the scaled learning rate, for the record
+# Horovod: every rank reports; equal weight fingerprints mean the ranks really are in sync.
+print(distributed.rank_line(hvd.rank(), hvd.size(), shard_records, model), flush=True)  # Horovod:

@@ -1,0 +1,133 @@
+"""Train the workshop's CIFAR-10 CNN with a TF2 custom loop on N workers with tf.distribute MWMS.
+
+train_tf.py plus TensorFlow's own MultiWorkerMirroredStrategy (no Horovod, no MPI): one worker
+process per instance and one model replica per GPU of it (one per worker on CPUs); each worker
+trains on its own shard of the data and the optimizer sums the replicas' gradients with
+collective all-reduces, so all replicas keep identical weights. Every line that differs from
+train_tf.py is marked ``# MWMS:``. A custom loop, because Keras 3's ``model.fit`` fails under
+MWMS (keras-team/keras#20585): this script runs on Keras 2 and 3. SageMaker starts one worker
+per instance and sets its TF_CONFIG with ``distribution={"multi_worker_mirrored_strategy":
+{"enabled": True}}`` (TF >= 2.9); without SageMaker, start each worker with its own TF_CONFIG:
+
+  TF_CONFIG='{"cluster": {"worker": ["127.0.0.1:23456", "127.0.0.1:23457"]},
+              "task": {"type": "worker", "index": 0}}' python train_tf_mwms.py \
+      --train data/cifar10/train --validation data/cifar10/validation --eval data/cifar10/eval \
+      --sm-model-dir /tmp/model --output-data-dir /tmp/output --epochs 5
+  (and the same with "index": 1 in a second shell)
+"""
+
+import time
+
+import tensorflow as tf
+
+from cifar import data, distributed, serving  # MWMS: + distributed
+from cifar import model as cnn
+from cifar.checkpoints import EpochCheckpoints
+from cifar.report import TrainingLog
+from cifar.sagemaker_args import parse_args
+
+args = parse_args(__doc__)
+strategy = tf.distribute.MultiWorkerMirroredStrategy()  # MWMS: first, before any other TF op
+worker, workers = distributed.mwms_worker()  # MWMS: this worker's index and the count (TF_CONFIG)
+chief = worker == 0  # MWMS: worker 0 logs and keeps what it saves
+tf.keras.utils.set_random_seed(args.seed)
+
+# MWMS: each worker reads its own 1/workers of train and validation (equal, disjoint shares), so
+# an epoch is still one pass over the data. Every worker evaluates the whole eval set: exact for
+# any number of workers (the metrics then sum the same counts over all workers).
+shard = {"num_workers": workers, "worker_index": worker}  # MWMS:
+train = data.make_dataset(args.train, args.batch_size, training=True, channel="train",
+                          seed=args.seed, **shard)  # MWMS: + shard
+validation = data.make_dataset(args.validation, args.batch_size, training=False,
+                               channel="validation", **shard)  # MWMS: + shard
+evaluation = data.make_dataset(args.eval, args.batch_size, training=False, channel="eval")
+train_records = data.count_records(args.train, "train")
+shard_records = train_records // workers  # MWMS: records per worker and epoch
+replicas = strategy.num_replicas_in_sync  # MWMS: GPUs of all workers (one per worker on CPUs)
+steps = data.steps_per_epoch(shard_records, args.batch_size * replicas // workers)  # MWMS:
+# MWMS: tf.distribute takes the datasets as they are: no auto-sharding, batches per replica.
+train = distributed.mwms_dataset(strategy, train)  # MWMS:
+validation = distributed.mwms_dataset(strategy, validation)  # MWMS:
+evaluation = distributed.mwms_dataset(strategy, evaluation)  # MWMS:
+
+peak_lr = args.learning_rate * replicas  # MWMS: replicas x the batch, x the learning rate
+with strategy.scope():  # MWMS: variables created here are mirrored on every replica
+    model = cnn.build_model()  # MWMS: (in scope)
+    optimizer = cnn.build_optimizer(peak_lr, total_steps=steps * args.epochs,  # MWMS: peak_lr
+                                    warmup_steps=steps * args.warmup_epochs,  # MWMS: (in scope)
+                                    momentum=args.momentum,  # MWMS: (in scope)
+                                    weight_decay=args.weight_decay)  # MWMS: (in scope)
+    optimizer.build(model.trainable_variables)  # MWMS: the optimizer state, mirrored too
+    loss_fn = cnn.loss_fn(args.label_smoothing)  # MWMS: (in scope)
+    mean_loss = tf.keras.metrics.Mean()  # MWMS: metrics sum over all replicas
+    accuracy = tf.keras.metrics.SparseCategoricalAccuracy()  # MWMS: (in scope)
+
+
+@tf.function
+def train_step(images, labels):
+    with tf.GradientTape() as tape:
+        logits = model(images, training=True)  # dropout and batch-norm statistics on
+        per_example = loss_fn(labels, logits)  # MWMS:
+        loss = tf.nn.compute_average_loss(per_example)  # MWMS: sum / global batch (all replicas)
+    gradients = tape.gradient(loss, model.trainable_variables)
+    optimizer.apply_gradients(zip(gradients, model.trainable_variables))
+    mean_loss.update_state(per_example)  # MWMS: every example's loss
+    accuracy.update_state(labels, logits)
+
+
+@tf.function
+def test_step(images, labels):
+    logits = model(images, training=False)
+    batch_loss = tf.reduce_mean(loss_fn(labels, logits))
+    mean_loss.update_state(batch_loss, sample_weight=tf.shape(labels)[0])  # exact over a split
+    accuracy.update_state(labels, logits)
+
+
+@tf.function  # MWMS: one graph runs ``step`` on every replica of this worker
+def replicated(step, images, labels):  # MWMS:
+    strategy.run(step, args=(images, labels))  # MWMS:
+
+
+def run_epoch(dataset, step):
+    """Run ``step`` over ``dataset``; returns (mean loss, accuracy) and resets the metrics."""
+    for images, labels in dataset:
+        replicated(step, images, labels)  # MWMS:
+    result = float(mean_loss.result()), float(accuracy.result())
+    mean_loss.reset_state()
+    accuracy.reset_state()
+    return result
+
+
+# SageMaker: checkpoints go to /opt/ml/checkpoints (synced to checkpoint_s3_uri); a restarted
+# job, e.g. after a spot interruption, resumes after the last finished epoch.
+checkpoints = EpochCheckpoints(args.checkpoint_dir, model, optimizer)
+epochs_done, history = checkpoints.restore()
+# MWMS: every worker restores (SageMaker copies checkpoint_s3_uri to every instance), so all start
+# alike; then only the chief saves there, the others into throwaway folders: all must take part.
+checkpoints = EpochCheckpoints(distributed.worker_dir(args.checkpoint_dir, chief),  # MWMS:
+                               model, optimizer)  # MWMS:
+log = TrainingLog(args.output_data_dir, args.epochs, history,  # MWMS: the chief prints, writes
+                  chief=chief, workers=replicas)  # MWMS:
+if epochs_done:
+    log.say(f"resuming from checkpoint: epochs 1-{epochs_done} done")
+
+for epoch in range(epochs_done + 1, args.epochs + 1):
+    start = time.time()
+    train_loss, train_accuracy = run_epoch(train, train_step)
+    seconds = time.time() - start
+    distributed.mwms_average_local_statistics(strategy, model)  # MWMS: one model everywhere
+    val_loss, val_accuracy = run_epoch(validation, test_step)
+    log.epoch(epoch, train_loss, train_accuracy, val_loss, val_accuracy,
+              tf.convert_to_tensor(optimizer.learning_rate),  # MWMS: mirrored on Keras 2
+              seconds, shard_records * workers)  # MWMS: images of all workers
+    checkpoints.save(epoch, log.history)
+
+eval_loss, eval_accuracy = run_epoch(evaluation, test_step)
+# SageMaker: everything in SM_MODEL_DIR becomes model.tar.gz; TF Serving loads <dir>/1/.
+# MWMS: every worker saves (as with the checkpoints); only the chief's copy is kept.
+serving.save_for_serving(model, distributed.worker_dir(args.sm_model_dir, chief))  # MWMS:
+log.finish(eval_loss, eval_accuracy, entry_point="train_tf_mwms.py",  # MWMS: name,
+           peak_learning_rate=peak_lr)  # MWMS: and the scaled learning rate, for the record
+# MWMS: every worker reports; equal weight fingerprints mean the replicas really are in sync.
+print(distributed.rank_line(worker, workers, shard_records, model, role="worker"),  # MWMS:
+      flush=True)  # MWMS:

@@ -1,0 +1,345 @@
+"""The distributed entry points, run for real with 2 processes on this machine's CPUs.
+
+Horovod and SMDDP scripts are started the way SageMaker's MPI launcher does it, with ``mpirun``,
+as two MPMD app contexts so that rank 1 gets its own output folders (it must write nothing).
+MultiWorkerMirroredStrategy runs as two processes with the TF_CONFIG SageMaker sets, on free
+loopback ports, under TF 2.15 (Keras 2) and TF 2.21 (Keras 3: select with ``-k keras3``).
+Per run: exit 0, identical weight fingerprints on both ranks, disjoint shards covering the data,
+artifacts from rank 0 only, the scaled learning rate, accuracy above chance. Also: a killed rank
+fails the job quickly, a Horovod run resumes from its checkpoint, and every line a distributed
+script adds to its single-process sibling is flagged (``# Horovod:`` ...).
+"""
+
+import ast
+import difflib
+import hashlib
+import importlib.util
+import json
+import os
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+SRC = ROOT / "code" / "phase0" / "src"
+KERAS3_PYTHON = ROOT / ".venv-keras3" / "bin" / "python"
+MPIRUN = shutil.which("mpirun")
+HAS_HOROVOD = importlib.util.find_spec("horovod") is not None
+
+TRAIN_RECORDS = 1024
+BASE_LR = 0.02
+# 2 epochs of 16 steps per rank; the small batch and learning rate make the synthetic data
+# learnable in that budget (eval accuracy ~0.8-1.0; chance is 0.1).
+HYPERPARAMETERS = ["--epochs", "2", "--batch-size", "32", "--learning-rate", str(BASE_LR),
+                   "--warmup-epochs", "1"]
+RUN_TIMEOUT = 300
+RANK_LINE = re.compile(r"^(rank|worker) (\d+)/(\d+): trained on (\d+) records/epoch "
+                       r"\(shard (\d+) of (\d+)\), weights fingerprint ([0-9a-f]{8})$", re.M)
+QUIET = {"TF_CPP_MIN_LOG_LEVEL": "2", "PYTHONUNBUFFERED": "1"}
+
+needs_mpi = pytest.mark.skipif(not (MPIRUN and HAS_HOROVOD), reason="needs mpirun and Horovod")
+
+
+@dataclass
+class Job:
+    name: str
+    returncode: int = None
+    output: str = ""  # stdout of all ranks
+    errors: str = ""  # stderr of all ranks
+    seconds: float = 0.0
+    dirs: list = field(default_factory=list)  # per rank: {"model", "output", "ckpt"} -> Path
+
+    def rank_lines(self):
+        return [m.groups() for m in RANK_LINE.finditer(self.output)]
+
+    def metrics(self):
+        return json.loads((self.dirs[0]["output"] / "metrics.json").read_text())
+
+
+def rank_dirs(base, rank):
+    return {key: base / f"rank{rank}" / key for key in ("model", "output", "ckpt")}
+
+
+def script_args(data_dir, dirs):
+    return ["--train", str(data_dir / "train"), "--validation", str(data_dir / "validation"),
+            "--eval", str(data_dir / "eval"), "--sm-model-dir", str(dirs["model"]),
+            "--output-data-dir", str(dirs["output"]), "--checkpoint-dir", str(dirs["ckpt"])]
+
+
+def mpirun_argv(script, data_dir, dirs, hyperparameters):
+    """mpirun with one app context per rank (MPMD), each with its own output folders."""
+    argv = [MPIRUN, "--allow-run-as-root", "--oversubscribe"]
+    for rank, rank_dir in enumerate(dirs):
+        if rank:
+            argv.append(":")
+        argv += ["-np", "1", sys.executable, script, *script_args(data_dir, rank_dir),
+                 *hyperparameters]
+    return argv
+
+
+def environment(**extra):
+    return {**os.environ, **QUIET, **extra}
+
+
+def stop(proc):
+    """Kill a process we started, and its process group (its ranks or workers)."""
+    if proc.poll() is None:
+        try:
+            os.killpg(proc.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        proc.wait()
+
+
+def run_mpi(name, script, data_dir, base, hyperparameters=HYPERPARAMETERS, dirs=None):
+    dirs = dirs or [rank_dirs(base, rank) for rank in range(2)]
+    started = time.monotonic()
+    proc = subprocess.Popen(mpirun_argv(script, data_dir, dirs, hyperparameters), cwd=SRC,
+                            env=environment(), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True, start_new_session=True)
+    try:
+        output, errors = proc.communicate(timeout=RUN_TIMEOUT)
+    finally:
+        stop(proc)
+    return Job(name, proc.returncode, output, errors, time.monotonic() - started, dirs)
+
+
+def free_ports(count):
+    sockets = [socket.socket() for _ in range(count)]
+    for s in sockets:
+        s.bind(("127.0.0.1", 0))
+    ports = [s.getsockname()[1] for s in sockets]
+    for s in sockets:
+        s.close()
+    return ports
+
+
+def run_mwms(name, python, data_dir, base, hyperparameters=HYPERPARAMETERS):
+    """Two workers with SageMaker's TF_CONFIG; if one fails, the other is stopped."""
+    workers = [f"127.0.0.1:{port}" for port in free_ports(2)]
+    dirs = [rank_dirs(base, rank) for rank in range(2)]
+    logs = [(base / f"worker{index}.out", base / f"worker{index}.err") for index in range(2)]
+    base.mkdir(parents=True, exist_ok=True)
+    started = time.monotonic()
+    procs = []
+    for index in range(2):
+        tf_config = {"cluster": {"worker": workers}, "environment": "cloud",
+                     "task": {"type": "worker", "index": index}}
+        with open(logs[index][0], "w") as out, open(logs[index][1], "w") as err:
+            procs.append(subprocess.Popen(
+                [str(python), "train_tf_mwms.py", *script_args(data_dir, dirs[index]),
+                 *hyperparameters], cwd=SRC, env=environment(TF_CONFIG=json.dumps(tf_config)),
+                stdout=out, stderr=err, start_new_session=True))
+    try:
+        deadline = time.monotonic() + RUN_TIMEOUT
+        while time.monotonic() < deadline and any(p.poll() is None for p in procs):
+            if any(p.poll() not in (None, 0) for p in procs):
+                break
+            time.sleep(0.5)
+    finally:
+        for proc in procs:
+            stop(proc)
+    returncode = max((abs(p.returncode) for p in procs), default=0)
+    output, errors = ("".join(log[i].read_text() for log in logs) for i in (0, 1))
+    return Job(name, returncode, output, errors, time.monotonic() - started, dirs)
+
+
+JOBS = {
+    "keras_horovod": lambda data, base: run_mpi("keras_horovod", "train_keras_horovod.py",
+                                                data, base),
+    "tf_horovod": lambda data, base: run_mpi("tf_horovod", "train_tf_horovod.py", data, base),
+    "tf_ddp": lambda data, base: run_mpi("tf_ddp", "train_tf_ddp.py", data, base),
+    "tf_mwms": lambda data, base: run_mwms("tf_mwms", sys.executable, data, base),
+    "tf_mwms_keras3": lambda data, base: run_mwms("tf_mwms_keras3", KERAS3_PYTHON, data, base),
+}
+
+
+def job_params():
+    for name in JOBS:
+        marks = []
+        if "mwms" not in name:
+            marks.append(needs_mpi)
+        if name.endswith("keras3"):
+            marks.append(pytest.mark.skipif(not KERAS3_PYTHON.exists(),
+                                            reason="no .venv-keras3"))
+        yield pytest.param(name, marks=marks, id=name)
+
+
+_finished = {}
+
+
+def finished(name, data_dir, tmp_path_factory):
+    """The 2-process training run of one script, run once per session."""
+    if name not in _finished:
+        _finished[name] = JOBS[name](data_dir, tmp_path_factory.mktemp(name))
+    result = _finished[name]
+    assert result.returncode == 0, (f"{name} failed:\n{result.output[-3000:]}\n"
+                                    f"{result.errors[-3000:]}")
+    return result
+
+
+@pytest.fixture(scope="module", params=list(job_params()))
+def job(request, cifar_data_dir, tmp_path_factory):
+    return finished(request.param, cifar_data_dir, tmp_path_factory)
+
+
+def files_under(path):
+    return sorted(p for p in path.rglob("*") if p.is_file()) if path.exists() else []
+
+
+# ---- every run ---------------------------------------------------------------------------------
+
+def test_ranks_hold_identical_weights_after_training_on_disjoint_shards(job):
+    lines = sorted(job.rank_lines(), key=lambda groups: int(groups[1]))
+    assert [(int(g[1]), int(g[2])) for g in lines] == [(0, 2), (1, 2)], job.output[-3000:]
+    assert [(int(g[4]), int(g[5])) for g in lines] == [(0, 2), (1, 2)]  # shard r of 2
+    assert sum(int(g[3]) for g in lines) == TRAIN_RECORDS
+    fingerprints = {g[6] for g in lines}
+    assert len(fingerprints) == 1, f"ranks diverged: {lines}"
+
+
+def test_only_rank_0_writes_model_checkpoints_and_metrics(job):
+    rank0, rank1 = job.dirs
+    assert (rank0["model"] / "1" / "saved_model.pb").is_file()
+    assert any(p.name.endswith(".index") for p in files_under(rank0["ckpt"]))
+    assert (rank0["output"] / "metrics.json").is_file()
+    for path in rank1.values():
+        assert files_under(path) == [], f"rank 1 wrote into {path}"
+
+
+def test_learning_rate_is_scaled_by_the_number_of_processes(job):
+    metrics = job.metrics()
+    assert metrics["workers"] == 2
+    assert metrics["peak_learning_rate"] == pytest.approx(2 * BASE_LR)
+    # End of epoch 1 is past the warm-up, early in the cosine decay of the 2 x base peak:
+    # above the base rate only if the peak was scaled.
+    assert BASE_LR < metrics["history"][0]["lr"] <= 2 * BASE_LR
+
+
+def test_metrics_cover_all_ranks_and_beat_chance(job):
+    metrics = job.metrics()
+    assert [row["epoch"] for row in metrics["history"]] == [1, 2]
+    assert metrics["eval_accuracy"] > 0.3, metrics
+    for row in metrics["history"]:  # global images/s: all ranks' records over the epoch time
+        assert row["images_per_sec"] == pytest.approx(TRAIN_RECORDS / row["seconds"], rel=0.02)
+    assert len(re.findall(r"^eval - loss", job.output, re.M)) == 1  # logged once, by rank 0
+    assert len(re.findall(r"^epoch 2/2 ", job.output, re.M)) == 1
+
+
+@needs_mpi
+def test_ddp_names_its_backend_first(cifar_data_dir, tmp_path_factory):
+    first = finished("tf_ddp", cifar_data_dir, tmp_path_factory).output.splitlines()[0]
+    assert first == "backend: horovod (smdistributed.dataparallel not installed)", first
+
+
+# ---- Horovod: resume, failure ----------------------------------------------------------------
+
+@needs_mpi
+@pytest.mark.parametrize("name, script", [("tf_horovod", "train_tf_horovod.py"),
+                                          ("keras_horovod", "train_keras_horovod.py")])
+def test_horovod_resumes_from_rank_0_checkpoint(name, script, cifar_data_dir, tmp_path,
+                                                tmp_path_factory):
+    """Rerun a finished 2-epoch job, asking for 3, on a copy of its folders."""
+    first = finished(name, cifar_data_dir, tmp_path_factory)
+    dirs = [rank_dirs(tmp_path, rank) for rank in range(2)]
+    for key in ("ckpt", "output"):
+        shutil.copytree(first.dirs[0][key], dirs[0][key])
+    again = HYPERPARAMETERS[:]
+    again[again.index("--epochs") + 1] = "3"
+    resumed = run_mpi("resumed", script, cifar_data_dir, tmp_path, again, dirs=dirs)
+    assert resumed.returncode == 0, resumed.output[-3000:] + resumed.errors[-3000:]
+    assert "resuming from checkpoint: epochs 1-2 done" in resumed.output
+    assert re.findall(r"^epoch (\d+)/3 ", resumed.output, re.M) == ["3"]
+    assert [row["epoch"] for row in resumed.metrics()["history"]] == [1, 2, 3]
+    assert len({g[6] for g in resumed.rank_lines()}) == 1  # rank 1 got rank 0's state
+    assert all(files_under(path) == [] for path in dirs[1].values())
+
+
+@needs_mpi
+def test_a_killed_rank_fails_the_job_quickly(cifar_data_dir, tmp_path):
+    psutil = pytest.importorskip("psutil")
+    dirs = [rank_dirs(tmp_path, rank) for rank in range(2)]
+    hyperparameters = ["--epochs", "50", "--batch-size", "32"]
+    log_path = tmp_path / "mpirun.log"
+    with open(log_path, "w") as log:
+        proc = subprocess.Popen(
+            mpirun_argv("train_tf_horovod.py", cifar_data_dir, dirs, hyperparameters), cwd=SRC,
+            env=environment(), stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        deadline = time.monotonic() + 180
+        while "epoch 1/50" not in log_path.read_text():  # training is under way
+            assert proc.poll() is None and time.monotonic() < deadline, log_path.read_text()
+            time.sleep(0.5)
+        ranks = [p for p in psutil.Process(proc.pid).children(recursive=True)
+                 if "train_tf_horovod.py" in " ".join(p.cmdline())]
+        assert len(ranks) == 2
+        rank1 = next(p for p in ranks if p.environ().get("OMPI_COMM_WORLD_RANK") == "1")
+        killed = time.monotonic()
+        rank1.send_signal(signal.SIGKILL)
+        returncode = proc.wait(timeout=60)
+        assert returncode != 0
+        assert time.monotonic() - killed < 60
+        _, alive = psutil.wait_procs(ranks, timeout=10)
+        assert alive == [], f"ranks left running: {alive}"
+    finally:
+        stop(proc)
+
+
+# ---- the data shards, in process --------------------------------------------------------------
+
+def test_shards_are_disjoint_and_cover_every_record(cifar_data_dir):
+    from cifar import data
+
+    def digests(**shard):
+        dataset = data.make_dataset(str(cifar_data_dir / "train"), 100, training=False,
+                                    channel="train", **shard)
+        return [hashlib.sha1(image.tobytes()).hexdigest() + f"/{label}"
+                for images, labels in dataset.as_numpy_iterator()
+                for image, label in zip(images, labels)]
+
+    everything = digests()
+    shards = [digests(num_workers=2, worker_index=index) for index in range(2)]
+    assert len(everything) == len(set(everything)) == TRAIN_RECORDS
+    assert [len(s) for s in shards] == [TRAIN_RECORDS // 2] * 2
+    assert not set(shards[0]) & set(shards[1])
+    assert set(shards[0]) | set(shards[1]) == set(everything)
+
+
+# ---- the scripts' text --------------------------------------------------------------------------
+
+SIBLINGS = [("train_keras.py", "train_keras_horovod.py", "# Horovod:"),
+            ("train_tf.py", "train_tf_horovod.py", "# Horovod:"),
+            ("train_tf.py", "train_tf_ddp.py", "# SMDDP:"),
+            ("train_tf.py", "train_tf_mwms.py", "# MWMS:")]
+
+
+@pytest.mark.parametrize("sibling, script, marker", SIBLINGS, ids=[s[1] for s in SIBLINGS])
+def test_every_line_added_to_the_sibling_is_flagged(sibling, script, marker):
+    """Outside the module docstring, each added or changed line carries the marker, or is a
+    comment continuing a flagged comment, or is blank."""
+    old = (SRC / sibling).read_text().splitlines()
+    text = (SRC / script).read_text()
+    new = text.splitlines()
+    docstring_end = ast.parse(text).body[0].end_lineno
+    unflagged = []
+    for tag, _, _, j1, j2 in difflib.SequenceMatcher(None, old, new, autojunk=False).get_opcodes():
+        if tag not in ("replace", "insert"):
+            continue
+        in_flagged_comment = False
+        for number in range(j1 + 1, j2 + 1):
+            line = new[number - 1].strip()
+            if number <= docstring_end or not line:
+                continue
+            if marker in line:
+                in_flagged_comment = line.startswith("#")
+            elif not (line.startswith("#") and in_flagged_comment):
+                unflagged.append(f"{script}:{number}: {line}")
+    assert unflagged == []
