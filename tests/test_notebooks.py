@@ -4,7 +4,7 @@ against the fixture data, and its RESULT asserted."""
 import nbformat
 import pytest
 
-from workshop import RUNS_DIR, run_notebooks
+from workshop import RUNS_DIR, jobs, run_notebooks
 
 NOTEBOOKS = run_notebooks.notebooks()
 TRAINING_PARAMETERS = {"MODE", "DATA_DIR", "EPOCHS", "BATCH_SIZE", "LEARNING_RATE"}
@@ -14,7 +14,9 @@ def test_the_workshop_has_its_notebooks():
     names = [p.name for p in NOTEBOOKS]
     for expected in ("0.0.Setup-Environment.ipynb", "1.0.Download-Dataset.ipynb",
                      "1.1.Train-Scratch.ipynb", "1.2.Train_Keras_Local_Script_Mode.ipynb",
-                     "2.1.Train_TF_Local_Script_Mode.ipynb"):
+                     "2.1.Train_TF_Local_Script_Mode.ipynb", "1.5.Train_Keras_Horovod.ipynb",
+                     "2.2.Train_TF_Horovod.ipynb", "3.1.Train-TF-DDP.ipynb",
+                     "3.2.Train-TF-MultiWorkerMirrored.ipynb"):
         assert expected in names
     assert names == sorted(names, key=lambda n: tuple(int(x) for x in n.split(".")[:2]))
 
@@ -79,3 +81,17 @@ def test_script_mode_notebook_trains_in_process_mode(tmp_path, cifar_data_dir, n
     assert result["images_per_sec"] > 0
     assert pictures(notebook) >= 2  # training curves, predictions of the model artifact
     assert run_notebooks.result_line(notebook) == result
+
+
+@pytest.mark.parametrize("number, sibling", [("1.5", "1.2"), ("2.2", "2.1"), ("3.1", "2.1"),
+                                             ("3.2", "2.1")])
+def test_distributed_notebook_trains_on_two_processes(tmp_path, cifar_data_dir, number, sibling):
+    small = {"DATA_DIR": str(cifar_data_dir), "EPOCHS": 3, "BATCH_SIZE": 32, "LEARNING_RATE": 0.02}
+    if jobs.load_result(sibling) is None:  # the comparison needs the single-process run
+        run(tmp_path / sibling, sibling, **small)
+    result, notebook = run(tmp_path, number, **small)
+    assert result["mode"] == "process" and result["workers"] == 2 and result["epochs"] == 3
+    assert result["eval_accuracy"] > 0.3
+    assert pictures(notebook) >= 2
+    text = "".join(o.get("text", "") for c in notebook.cells for o in c.get("outputs", []))
+    assert "throughput ratio" in text  # compared with its single-process sibling

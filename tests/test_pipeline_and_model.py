@@ -82,3 +82,22 @@ def test_loss_is_per_example_with_label_smoothing():
     assert float(losses[0]) < 0.01 < 5 < float(losses[1])
     smoothed = cnn.loss_fn(label_smoothing=0.1)(tf.constant([0], tf.int64), logits[:1])
     assert float(smoothed[0]) > float(losses[0])
+
+
+@pytest.mark.parametrize("has_export", [True, False], ids=["export-archive", "tf-2.11-path"])
+def test_saved_model_serves_raw_images_by_name(tmp_path, monkeypatch, has_export):
+    """Both save paths: Keras' ExportArchive, and tf.saved_model for TF 2.11 (no tf.keras.export).
+    """
+    from cifar import serving
+
+    model = cnn.build_model()
+    if not has_export:
+        monkeypatch.delattr(tf.keras, "export")
+    path = serving.save_for_serving(model, str(tmp_path))
+    assert path == str(tmp_path / "1") and not (tmp_path / "1.partial").exists()
+    signature = tf.saved_model.load(path).signatures["serving_default"]
+    images = np.random.default_rng(0).integers(0, 256, (4, 32, 32, 3), dtype=np.uint8)
+    outputs = signature(image=tf.constant(images))
+    assert outputs["class_id"].dtype == tf.int32 and outputs["class_id"].shape == (4,)
+    np.testing.assert_allclose(outputs["probabilities"].numpy(),
+                               tf.nn.softmax(model(images, training=False)).numpy(), atol=1e-5)

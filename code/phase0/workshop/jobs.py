@@ -129,7 +129,8 @@ def make_estimator(mode, entry_point, hyperparameters, framework_version="2.19",
     return TensorFlow(
         entry_point=entry_point, source_dir=str(SRC_DIR), hyperparameters=dict(hyperparameters),
         framework_version=framework_version, py_version=py_version, distribution=distribution,
-        instance_type=pick_instance_type(mode, instance_type), instance_count=instance_count,
+        instance_type=pick_instance_type(mode, instance_type, instance_count),
+        instance_count=instance_count,
         role=pick_role(mode, role, session), sagemaker_session=session,
         metric_definitions=METRIC_DEFINITIONS, base_job_name=base_job_name, max_run=max_run,
         checkpoint_s3_uri=checkpoint_uri, disable_profiler=True, **spot)
@@ -153,10 +154,12 @@ def checkpoint_location(mode, session, bucket, unique_name):
     return None  # local mode: the SDK raises if checkpoint_s3_uri is set
 
 
-def pick_instance_type(mode, instance_type):
+def pick_instance_type(mode, instance_type, instance_count=1):
     if mode == "host":
         return instance_type or DEFAULT_HOST_INSTANCE
-    if mode == "local" and nvidia_gpu_present():
+    # The SDK refuses local_gpu with more than one instance ("Distributed Training in Local GPU
+    # is not supported"), so multi-instance local jobs run on CPU containers.
+    if mode == "local" and instance_count == 1 and nvidia_gpu_present():
         return "local_gpu"
     return "local"  # process mode: only read, never fit
 
@@ -179,6 +182,20 @@ def pick_role(mode, role, session):
             "MODE='host' needs the ARN of an IAM role SageMaker can assume. Set ROLE_ARN in the "
             "parameters cell (e.g. arn:aws:iam::<account>:role/<SageMakerExecutionRole>); "
             f"finding it automatically only works on SageMaker notebooks ({err})") from err
+
+
+# GPUs of the instance types the distributed notebooks suggest: SageMaker runs one process each.
+GPUS_PER_INSTANCE = {"ml.p3.2xlarge": 1, "ml.p3.8xlarge": 4, "ml.p3.16xlarge": 8,
+                     "ml.p3dn.24xlarge": 8, "ml.p4d.24xlarge": 8, "ml.p4de.24xlarge": 8,
+                     "ml.g5.12xlarge": 4, "ml.g5.48xlarge": 8}
+
+
+def mpi_distribution(mode, instance_type, processes_per_host=None):
+    """``{"mpi": ...}`` for Horovod: one process per GPU on SageMaker (host mode), one per
+    simulated host in process mode and per CPU container in local mode, unless given."""
+    if not processes_per_host:
+        processes_per_host = GPUS_PER_INSTANCE.get(instance_type, 1) if mode == "host" else 1
+    return {"mpi": {"enabled": True, "processes_per_host": int(processes_per_host)}}
 
 
 # ------------------------------------------------------------------------------- inputs
