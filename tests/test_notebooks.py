@@ -95,3 +95,13 @@ def test_distributed_notebook_trains_on_two_processes(tmp_path, cifar_data_dir, 
     assert pictures(notebook) >= 2
     text = "".join(o.get("text", "") for c in notebook.cells for o in c.get("outputs", []))
     assert "throughput ratio" in text  # compared with its single-process sibling
+
+
+@pytest.mark.parametrize("mode, needs", [("local", "Docker"), ("host", "needs AWS credentials")])
+def test_unavailable_mode_fails_first_with_what_is_missing(tmp_path, cifar_data_dir, mode, needs):
+    path = next(p for p in NOTEBOOKS if p.name.startswith("1.2."))
+    outcome = run_notebooks.execute(path, {"MODE": mode, "DATA_DIR": str(cifar_data_dir)},
+                                    output_dir=tmp_path)
+    assert not outcome["ok"]
+    assert outcome["error"].startswith(f"ModeUnavailable: MODE='{mode}' needs")
+    assert needs in outcome["error"]
