@@ -1,0 +1,113 @@
+"""Every entry point on the same small data: 1 process vs 2, and Keras 2 vs Keras 3, in one run.
+
+  .venv/bin/python benchmarks/entry_points.py [--per-batch 1024] [--epochs 3] [--batch-size 64]
+
+Makes a synthetic CIFAR-10 archive (tests/synthetic_cifar.py; ``--per-batch`` images in each of
+its six batches), converts it as notebook 1.0 does, then runs each entry point in process mode
+(the container contract; 2 simulated hosts for the distributed ones) and the single-process ones
+also standalone on TF 2.21 / Keras 3 (.venv-keras3). Prints wall time, images/s (mean over epochs
+after the first), seconds per epoch and eval accuracy, and a throughput ratio: a distributed
+script's to its single-process sibling's, a Keras 3 run's to the same script's Keras 2 run.
+On a 2-core machine two processes cannot be faster than one: the ratio shows what
+synchronisation costs here, not what a second machine would give.
+"""
+
+import argparse
+import json
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path[:0] = [str(ROOT / "tests"), str(ROOT / "code" / "phase0")]
+
+import synthetic_cifar  # noqa: E402
+
+from workshop import SRC_DIR, dataset, jobs  # noqa: E402
+
+KERAS3_PYTHON = ROOT / ".venv-keras3" / "bin" / "python"
+RUNS = [  # (entry point, distribution, instance count, sibling)
+    ("train_keras.py", None, 1, None),
+    ("train_tf.py", None, 1, None),
+    ("train_keras_horovod.py", {"mpi": {"enabled": True, "processes_per_host": 1}}, 2,
+     "train_keras.py"),
+    ("train_tf_horovod.py", {"mpi": {"enabled": True, "processes_per_host": 1}}, 2,
+     "train_tf.py"),
+    ("train_tf_ddp.py", {"smdistributed": {"dataparallel": {"enabled": True}}}, 2, "train_tf.py"),
+    ("train_tf_mwms.py", {"multi_worker_mirrored_strategy": {"enabled": True}}, 2,
+     "train_tf.py"),
+]
+
+
+def make_data(folder, per_batch):
+    archive = folder / "cifar-10-python.tar.gz"
+    md5 = synthetic_cifar.make_archive(archive, per_batch=per_batch)["md5"]
+    data_dir = folder / "cifar10"
+    dataset.prepare_cifar10(url=str(archive), md5=md5, data_dir=data_dir, num_shards=4,
+                            progress=False)
+    return data_dir
+
+
+def process_mode(entry_point, distribution, count, data_dir, runs, hyperparameters):
+    versions = {"train_keras_horovod.py": ("2.12", "py310"),
+                "train_tf_horovod.py": ("2.12", "py310"), "train_tf_ddp.py": ("2.11", "py39")}
+    framework, py = versions.get(entry_point, ("2.19", "py312"))
+    estimator = jobs.make_estimator("process", entry_point, hyperparameters, framework, py,
+                                    distribution=distribution, instance_count=count,
+                                    checkpoint=False)
+    result = jobs.run(estimator, jobs.data_channels("process", data_dir), "process", logs=False,
+                      runs_dir=runs)
+    return result.metrics, result.wall_seconds
+
+
+def keras3_standalone(entry_point, data_dir, out, hyperparameters):
+    flags = [f"--{k}={v}" for k, v in hyperparameters.items()]
+    command = [str(KERAS3_PYTHON), str(SRC_DIR / entry_point), *flags,
+               "--train", str(data_dir / "train"), "--validation", str(data_dir / "validation"),
+               "--eval", str(data_dir / "eval"), "--sm-model-dir", str(out / "model"),
+               "--output-data-dir", str(out / "output")]
+    start = time.monotonic()
+    subprocess.run(command, check=True, capture_output=True)
+    wall = time.monotonic() - start
+    return json.loads((out / "output" / "metrics.json").read_text()), wall
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--per-batch", type=int, default=1024, help="train = 4 x this")
+    parser.add_argument("--epochs", type=int, default=3)
+    parser.add_argument("--batch-size", type=int, default=64)
+    parser.add_argument("--learning-rate", type=float, default=0.02)
+    args = parser.parse_args()
+    hyperparameters = {"epochs": args.epochs, "batch-size": args.batch_size,
+                       "learning-rate": args.learning_rate}
+    rows, rates = [], {}
+    with tempfile.TemporaryDirectory() as tmp:
+        tmp = Path(tmp)
+        data_dir = make_data(tmp, args.per_batch)
+        for entry_point, distribution, count, sibling in RUNS:
+            metrics, wall = process_mode(entry_point, distribution, count, data_dir,
+                                         tmp / "runs", hyperparameters)
+            rates[entry_point] = metrics["images_per_sec"]
+            ratio = f"{metrics['images_per_sec'] / rates[sibling]:.2f}x" if sibling else ""
+            rows.append((entry_point, f"{count} proc, Keras {metrics['keras'][:4]}", wall,
+                         metrics, ratio))
+        if KERAS3_PYTHON.exists():
+            for entry_point in ("train_keras.py", "train_tf.py"):
+                metrics, wall = keras3_standalone(entry_point, data_dir, tmp / entry_point,
+                                                  hyperparameters)
+                rows.append((entry_point, f"1 proc, Keras {metrics['keras'][:4]}", wall, metrics,
+                             f"{metrics['images_per_sec'] / rates[entry_point]:.2f}x"))
+    print(f"train {4 * args.per_batch} / validation {args.per_batch} / eval {args.per_batch} "
+          f"records, {args.epochs} epochs, batch {args.batch_size} per process")
+    print(f"{'entry point':24} {'run':20} {'wall s':>7} {'images/s':>9} {'s/epoch':>8} "
+          f"{'eval acc':>9} {'ratio':>7}")
+    for entry_point, run, wall, metrics, ratio in rows:
+        print(f"{entry_point:24} {run:20} {wall:7.1f} {metrics['images_per_sec']:9.0f} "
+              f"{metrics['epoch_seconds']:8.2f} {metrics['eval_accuracy']:9.3f} {ratio:>7}")
+
+
+if __name__ == "__main__":
+    main()
