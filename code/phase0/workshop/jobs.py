@@ -353,7 +353,8 @@ def save_result(notebook, result, runs_dir=None):
     """Remember a notebook's headline (runs/results/<notebook>.json) for later comparisons."""
     path = Path(runs_dir or RUNS_DIR) / "results" / f"{notebook}.json"
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.with_suffix(".tmp").write_text(json.dumps(headline(result), indent=1))
+    path.with_suffix(".tmp").write_text(json.dumps({"notebook": notebook, **headline(result)},
+                                                   indent=1))
     path.with_suffix(".tmp").replace(path)
     return path
 
@@ -372,10 +373,11 @@ def compare(baseline, result):
     rows = [("mode", "mode", "{}"), ("workers", "workers", "{}"), ("epochs", "epochs", "{}"),
             ("eval accuracy", "eval_accuracy", "{:.4f}"), ("images/s", "images_per_sec", "{:.0f}"),
             ("s per epoch", "epoch_seconds", "{:.1f}"), ("wall time, s", "wall_seconds", "{:.0f}")]
-    print(f"{'':>14}  {baseline['job_name'][:28]:>28}  {current['job_name'][:28]:>28}")
+    before = f"notebook {baseline.get('notebook', '?')}"
+    print(f"{'':>14}  {before:>14}  {'this run':>14}")
     for label, key, fmt in rows:
         cells = [fmt.format(r[key]) if r.get(key) is not None else "-" for r in (baseline, current)]
-        print(f"{label:>14}  {cells[0]:>28}  {cells[1]:>28}")
+        print(f"{label:>14}  {cells[0]:>14}  {cells[1]:>14}")
     speedup = (current.get("images_per_sec") or 0) / (baseline.get("images_per_sec") or 1)
     print(f"throughput ratio: {speedup:.2f}x")
     return speedup
