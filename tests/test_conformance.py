@@ -43,10 +43,6 @@ NOT_COMPARED = {
 }
 # SM_NUM_CPUS/SM_NUM_GPUS/SM_NUM_NEURONS are compared: both runs measure this same machine.
 
-pytestmark = pytest.mark.skipif(not TOOLKIT_TRAIN.exists(),
-                                reason=f"{TOOLKIT_TRAIN} missing: run `make setup`")
-
-
 @pytest.fixture
 def channels(tmp_path):
     folders = {}

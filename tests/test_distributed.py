@@ -13,7 +13,6 @@ script adds to its single-process sibling is flagged (``# Horovod:`` ...).
 import ast
 import difflib
 import hashlib
-import importlib.util
 import json
 import os
 import re
@@ -32,7 +31,6 @@ ROOT = Path(__file__).resolve().parents[1]
 SRC = ROOT / "code" / "phase0" / "src"
 KERAS3_PYTHON = ROOT / ".venv-keras3" / "bin" / "python"
 MPIRUN = shutil.which("mpirun")
-HAS_HOROVOD = importlib.util.find_spec("horovod") is not None
 
 TRAIN_RECORDS = 1024
 BASE_LR = 0.02
@@ -44,9 +42,6 @@ RUN_TIMEOUT = 300
 RANK_LINE = re.compile(r"^(rank|worker) (\d+)/(\d+): trained on (\d+) records/epoch "
                        r"\(shard (\d+) of (\d+)\), weights fingerprint ([0-9a-f]{8})$", re.M)
 QUIET = {"TF_CPP_MIN_LOG_LEVEL": "2", "PYTHONUNBUFFERED": "1"}
-
-needs_mpi = pytest.mark.skipif(not (MPIRUN and HAS_HOROVOD), reason="needs mpirun and Horovod")
-
 
 @dataclass
 class Job:
@@ -163,14 +158,9 @@ JOBS = {
 
 
 def job_params():
+    # No skips: `make test` sets up mpirun, Horovod and .venv-keras3 first (test_setup.py).
     for name in JOBS:
-        marks = []
-        if "mwms" not in name:
-            marks.append(needs_mpi)
-        if name.endswith("keras3"):
-            marks.append(pytest.mark.skipif(not KERAS3_PYTHON.exists(),
-                                            reason="no .venv-keras3"))
-        yield pytest.param(name, marks=marks, id=name)
+        yield pytest.param(name, id=name)
 
 
 _finished = {}
@@ -234,7 +224,6 @@ def test_metrics_cover_all_ranks_and_beat_chance(job):
     assert len(re.findall(r"^epoch 2/2 ", job.output, re.M)) == 1
 
 
-@needs_mpi
 def test_ddp_names_its_backend_first(cifar_data_dir, tmp_path_factory):
     first = finished("tf_ddp", cifar_data_dir, tmp_path_factory).output.splitlines()[0]
     assert first == "backend: horovod (smdistributed.dataparallel not installed)", first
@@ -242,7 +231,6 @@ def test_ddp_names_its_backend_first(cifar_data_dir, tmp_path_factory):
 
 # ---- Horovod: resume, failure ----------------------------------------------------------------
 
-@needs_mpi
 @pytest.mark.parametrize("name, script", [("tf_horovod", "train_tf_horovod.py"),
                                           ("keras_horovod", "train_keras_horovod.py")])
 def test_horovod_resumes_from_rank_0_checkpoint(name, script, cifar_data_dir, tmp_path,
@@ -263,9 +251,8 @@ def test_horovod_resumes_from_rank_0_checkpoint(name, script, cifar_data_dir, tm
     assert all(files_under(path) == [] for path in dirs[1].values())
 
 
-@needs_mpi
 def test_a_killed_rank_fails_the_job_quickly(cifar_data_dir, tmp_path):
-    psutil = pytest.importorskip("psutil")
+    import psutil
     dirs = [rank_dirs(tmp_path, rank) for rank in range(2)]
     hyperparameters = ["--epochs", "50", "--batch-size", "32"]
     log_path = tmp_path / "mpirun.log"

@@ -57,4 +57,4 @@ model.fit(train, epochs=args.epochs, initial_epoch=epochs_done, validation_data=
 eval_loss, eval_accuracy = model.evaluate(evaluation, verbose=0)
 # SageMaker: everything in SM_MODEL_DIR becomes model.tar.gz; TF Serving loads <dir>/1/.
 serving.save_for_serving(model, args.sm_model_dir)
-log.finish(eval_loss, eval_accuracy, entry_point="train_keras.py")
+log.finish(eval_loss, eval_accuracy)

@@ -87,4 +87,4 @@ for epoch in range(epochs_done + 1, args.epochs + 1):
 eval_loss, eval_accuracy = run_epoch(evaluation, test_step)
 # SageMaker: everything in SM_MODEL_DIR becomes model.tar.gz; TF Serving loads <dir>/1/.
 serving.save_for_serving(model, args.sm_model_dir)
-log.finish(eval_loss, eval_accuracy, entry_point="train_tf.py")
+log.finish(eval_loss, eval_accuracy)

@@ -112,7 +112,7 @@ eval_loss, eval_accuracy = run_epoch(evaluation, test_step)
 # SageMaker: everything in SM_MODEL_DIR becomes model.tar.gz; TF Serving loads <dir>/1/.
 if chief:  # Horovod: one model, from rank 0
     serving.save_for_serving(model, args.sm_model_dir)  # Horovod: (indented)
-log.finish(eval_loss, eval_accuracy, entry_point="train_tf_horovod.py",  # Horovod: name,
-           peak_learning_rate=peak_lr)  # Horovod: and the scaled learning rate, for the record
+log.finish(eval_loss, eval_accuracy,  # Horovod: and the scaled learning rate, for the record
+           peak_learning_rate=peak_lr)  # Horovod:
 # Horovod: every rank reports; equal weight fingerprints mean the ranks really are in sync.
 print(distributed.rank_line(hvd.rank(), hvd.size(), shard_records, model), flush=True)  # Horovod:

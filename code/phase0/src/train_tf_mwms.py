@@ -126,8 +126,8 @@ eval_loss, eval_accuracy = run_epoch(evaluation, test_step)
 # SageMaker: everything in SM_MODEL_DIR becomes model.tar.gz; TF Serving loads <dir>/1/.
 # MWMS: every worker saves (as with the checkpoints); only the chief's copy is kept.
 serving.save_for_serving(model, distributed.worker_dir(args.sm_model_dir, chief))  # MWMS:
-log.finish(eval_loss, eval_accuracy, entry_point="train_tf_mwms.py",  # MWMS: name,
-           peak_learning_rate=peak_lr)  # MWMS: and the scaled learning rate, for the record
+log.finish(eval_loss, eval_accuracy,  # MWMS: and the scaled learning rate, for the record
+           peak_learning_rate=peak_lr)  # MWMS:
 # MWMS: every worker reports; equal weight fingerprints mean the replicas really are in sync.
 print(distributed.rank_line(worker, workers, shard_records, model, role="worker"),  # MWMS:
       flush=True)  # MWMS:

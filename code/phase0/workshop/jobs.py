@@ -269,7 +269,7 @@ def command_succeeds(command, timeout=20):
 def run(estimator, inputs, mode, wait=True, logs=True, runs_dir=RUNS_DIR):
     """Train: fit() in host/local mode, process mode on this machine. Returns a JobResult.
 
-    runs_dir: where process mode makes its job folders (tests point it elsewhere).
+    runs_dir: where job folders and downloaded artifacts go (tests point it elsewhere).
     """
     check_mode(mode)
     started = time.monotonic()
@@ -279,22 +279,23 @@ def run(estimator, inputs, mode, wait=True, logs=True, runs_dir=RUNS_DIR):
         return collect(mode, job.job_name, job.model_artifact, job.output_data_dir,
                        job.logs_path, started)
     if mode == "local":
-        return run_local(estimator, inputs, logs, started)
+        return run_local(estimator, inputs, logs, started, Path(runs_dir))
     estimator.fit(inputs, wait=wait, logs=logs)
     job_name = estimator.latest_training_job.name
     if not wait:
         return JobResult(mode, job_name)
-    model_tar, output_tar = download_artifacts(estimator, RUNS_DIR / job_name)
-    output_dir = extract(output_tar, RUNS_DIR / job_name / "output")
+    job_dir = Path(runs_dir) / job_name
+    model_tar, output_tar = download_artifacts(estimator, job_dir)
+    output_dir = extract(output_tar, job_dir / "output")
     return collect(mode, job_name, model_tar, output_dir, None, started)
 
 
-def run_local(estimator, inputs, logs, started):
+def run_local(estimator, inputs, logs, started, runs_dir):
     """Local mode copies artifacts straight into a file:// output_path: give it runs/<job>/."""
     from sagemaker.utils import name_from_base
 
     job_name = name_from_base(estimator.base_job_name or "tensorflow-training")
-    job_dir = RUNS_DIR / job_name
+    job_dir = runs_dir / job_name
     job_dir.mkdir(parents=True, exist_ok=True)
     estimator.output_path = f"file://{job_dir}"
     estimator.fit(inputs, wait=True, logs=logs, job_name=job_name)

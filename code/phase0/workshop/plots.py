@@ -3,8 +3,7 @@
 import matplotlib.pyplot as plt
 import numpy as np
 
-CLASS_NAMES = ("airplane", "automobile", "bird", "cat", "deer",
-               "dog", "frog", "horse", "ship", "truck")
+from .dataset import CLASS_NAMES
 
 
 def training_curves(history, title=""):

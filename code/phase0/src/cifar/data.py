@@ -17,8 +17,6 @@ import tensorflow as tf
 
 IMAGE_SHAPE = (32, 32, 3)
 NUM_CLASSES = 10
-CLASS_NAMES = ("airplane", "automobile", "bird", "cat", "deer",
-               "dog", "frog", "horse", "ship", "truck")
 MANIFEST_NAME = "manifest.json"
 
 _FEATURES = {

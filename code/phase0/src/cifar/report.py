@@ -8,6 +8,7 @@ The per-epoch line is what the notebooks' SageMaker ``metric_definitions`` parse
 
 import json
 import os
+import sys
 import time
 
 import tensorflow as tf
@@ -76,6 +77,7 @@ class TrainingLog:
             "images_per_sec": round(mean(r["images_per_sec"] for r in timed), 1),
             "epoch_seconds": round(mean(r["seconds"] for r in timed), 3),
             "wall_seconds": round(time.time() - self.started, 1),
+            "entry_point": os.path.basename(sys.argv[0]),
             "tensorflow": tf.__version__, "keras": keras_version(),
             "history": self.history, **extra}
         if self.chief and self.output_dir:
