@@ -11,7 +11,6 @@ Environment changes are undone at the end of the session.
 
 import contextlib
 import os
-import socket
 import subprocess
 import sys
 import time
@@ -20,6 +19,8 @@ import urllib.request
 from pathlib import Path
 
 import pytest
+
+from workshop.files import free_ports
 
 __all__ = ["moto_server", "sdk_offline", "probe_estimator", "free_port", "PROBE_DIR"]
 
@@ -33,9 +34,7 @@ STARTUP_SECONDS = 30
 
 
 def free_port():
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
+    return free_ports(1)[0]
 
 
 def _wait_until_answering(url, server, log_path):

@@ -5,7 +5,6 @@ import json
 import os
 import pickle
 import shutil
-import socket
 import tarfile
 import time
 
@@ -16,15 +15,14 @@ from conftest import PER_BATCH, TRUNCATED_PREFIX
 
 from workshop import dataset
 from workshop.dataset import DatasetError
+from workshop.files import free_ports
 
 EXPECTED = {"train": 4 * PER_BATCH, "validation": PER_BATCH, "eval": PER_BATCH}
 
 
 def closed_port_url():
     """A loopback URL nobody listens on: connection refused."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
+    port = free_ports(1)[0]
     return f"http://127.0.0.1:{port}/cifar-10-python.tar.gz"
 
 

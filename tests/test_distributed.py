@@ -18,7 +18,6 @@ import os
 import re
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -26,6 +25,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
+
+from workshop.files import free_ports
 
 ROOT = Path(__file__).resolve().parents[1]
 SRC = ROOT / "code" / "phase0" / "src"
@@ -105,16 +106,6 @@ def run_mpi(name, script, data_dir, base, hyperparameters=HYPERPARAMETERS, dirs=
     finally:
         stop(proc)
     return Job(name, proc.returncode, output, errors, time.monotonic() - started, dirs)
-
-
-def free_ports(count):
-    sockets = [socket.socket() for _ in range(count)]
-    for s in sockets:
-        s.bind(("127.0.0.1", 0))
-    ports = [s.getsockname()[1] for s in sockets]
-    for s in sockets:
-        s.close()
-    return ports
 
 
 def run_mwms(name, python, data_dir, base, hyperparameters=HYPERPARAMETERS):

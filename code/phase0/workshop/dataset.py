@@ -32,6 +32,7 @@ import numpy as np
 from tqdm import tqdm
 
 from . import DEFAULT_DATA_DIR, resolve
+from .files import write_json_atomic
 
 CIFAR10_URL = "https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz"
 CIFAR10_MD5 = "c58f30108f718f92721af3b95e74349a"
@@ -332,7 +333,7 @@ def convert(batches_dir, data_dir, num_shards, source=None, progress=False):
         splits[split] = _convert_split(split, names, batches_dir, data_dir, num_shards)
     manifest = {"source": source or {}, "format": RECORD_FORMAT, "num_shards": num_shards,
                 "splits": splits}
-    _write_json(data_dir / MANIFEST_NAME, manifest)  # last: the commit marker
+    write_json_atomic(data_dir / MANIFEST_NAME, manifest)  # last: the commit marker
     return manifest
 
 
@@ -378,7 +379,8 @@ def _write_split(split, images, labels, data_dir, num_shards):
             path = tmp / f"{split}-{index:05d}-of-{num_shards:05d}.tfrecord"
             shards.append(_write_shard(path, images[start:stop], labels[start:stop]))
         records = sum(s["records"] for s in shards)
-        _write_json(tmp / MANIFEST_NAME, {"split": split, "records": records, "shards": shards})
+        write_json_atomic(tmp / MANIFEST_NAME,
+                          {"split": split, "records": records, "shards": shards})
         _replace_dir(tmp, data_dir / split)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
@@ -410,18 +412,6 @@ def _example(tf, image, label):
         "label": tf.train.Feature(int64_list=tf.train.Int64List(value=[int(label)])),
     }
     return tf.train.Example(features=tf.train.Features(feature=feature)).SerializeToString()
-
-
-def _write_json(path, payload):
-    """Write JSON atomically: readers see the old file or the new one, never half of one."""
-    fd, tmp = tempfile.mkstemp(prefix=TMP_PREFIX, suffix=".json", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w") as f:
-            json.dump(payload, f, indent=2)
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    finally:
-        Path(tmp).unlink(missing_ok=True)
 
 
 # --- state ------------------------------------------------------------------------------
@@ -514,7 +504,7 @@ def upload_channels(data_dir, sagemaker_session, bucket, prefix="cifar10"):
     channels = {split: sagemaker_session.upload_data(str(data_dir / split), bucket=bucket,
                                                      key_prefix=f"{prefix}/{split}")
                 for split in SPLITS}
-    _write_json(data_dir / CHANNELS_NAME, channels)
+    write_json_atomic(data_dir / CHANNELS_NAME, channels)
     return channels
 
 

@@ -31,6 +31,7 @@ from typing import Optional
 
 from . import DEFAULT_DATA_DIR, RUNS_DIR, SRC_DIR, resolve
 from .dataset import CHANNELS_NAME, SPLITS
+from .files import write_json_atomic
 from .process_mode import run_process_job
 
 # Harmless for everyone: silences the SDK v2 deprecation banner printed at import, and the
@@ -354,9 +355,7 @@ def save_result(notebook, result, runs_dir=None):
     """Remember a notebook's headline (runs/results/<notebook>.json) for later comparisons."""
     path = Path(runs_dir or RUNS_DIR) / "results" / f"{notebook}.json"
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.with_suffix(".tmp").write_text(json.dumps({"notebook": notebook, **headline(result)},
-                                                   indent=1))
-    path.with_suffix(".tmp").replace(path)
+    write_json_atomic(path, {"notebook": notebook, **headline(result)})
     return path
 
 

@@ -35,51 +35,36 @@ hosts share the one job folder, so entry points must write model/output from the
 Checkpoints: SageMaker syncs /opt/ml/checkpoints with checkpoint_s3_uri. Here a ``file://`` URI
 (or a local path) is that persistent place: ``<job>/checkpoints`` is a symlink to it, so running
 the same estimator again resumes. An ``s3://`` URI gets a plain, unsynced folder.
+
+This file is the job: layout and launch plans. What the toolkit computes (``SM_*``, argv) is in
+toolkit_env.py; running, logging and stopping the processes in supervisor.py.
 """
 
 import json
-import logging
 import os
-import re
 import shlex
 import shutil
-import signal
-import socket
-import subprocess
 import sys
-import tarfile
-import tempfile
-import threading
 import time
-from collections import deque
 from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import urlparse
 
 from . import RUNS_DIR
-
-# --- constants copied from sagemaker_training (params.py / environment.py, 5.1.4) ---
-TOOLKIT_SAGEMAKER_HYPERPARAMETERS = (
-    "sagemaker_program", "sagemaker_submit_directory", "sagemaker_enable_cloudwatch_metrics",
-    "sagemaker_region", "sagemaker_container_log_level", "sagemaker_job_name",
-    "default_user_module_name", "_tuning_objective_metric", "sagemaker_s3_output",
+from .files import free_ports, pack_folder, write_atomic, write_json_atomic
+from .supervisor import LogSink, Proc, supervise
+from .toolkit_env import (
+    INSTANCE_GROUP,
+    TOOLKIT_SAGEMAKER_HYPERPARAMETERS,
+    OptMl,
+    decode_hyperparameters,
+    probe_machine,
+    sm_env_vars,
+    to_cmd_args,
+    training_env,
 )
-DISTRIBUTION_FLAGS = (
-    "sagemaker_mpi_enabled", "sagemaker_parameter_server_enabled",
-    "sagemaker_distributed_dataparallel_enabled", "sagemaker_pytorch_ddp_enabled",
-    "sagemaker_pytorch_xla_multi_worker_enabled",
-    "sagemaker_multi_worker_mirrored_strategy_enabled", "sagemaker_torch_distributed_enabled",
-)
-INSTANCE_GROUP = "homogeneousCluster"
-# The TF training image sets SAGEMAKER_TRAINING_MODULE to this; the toolkit reports it as
-# SM_FRAMEWORK_MODULE.
-TF_TRAINING_MODULE = "sagemaker_tensorflow_container.training:main"
 
 DEFAULT_PROCESSES_PER_HOST = 1  # a simulated host has no GPUs to give one process each
-TAIL_LINES = 40
-STOP_GRACE_SECONDS = 5
-MPI_TAG = re.compile(r"^\[\d+,(\d+)\]<(?:stdout|stderr)>:(.*)$")
-MPI_EMPTY_TAG = re.compile(r"\[\d+,\d+\]<(?:stdout|stderr)>:$")  # mpirun tags a rank's EOF too
 
 
 class JobFailed(RuntimeError):
@@ -121,22 +106,6 @@ class JobSpec:
     region: str = ""
     environment: dict = field(default_factory=dict)
 
-
-class OptMl:
-    """The /opt/ml folders, rooted at a job folder (the toolkit's environment.py names)."""
-
-    def __init__(self, base):
-        self.base = str(base)
-        self.code = os.path.join(self.base, "code")
-        self.model = os.path.join(self.base, "model")
-        self.input = os.path.join(self.base, "input")
-        self.input_config = os.path.join(self.input, "config")
-        self.input_data = os.path.join(self.input, "data")
-        self.output = os.path.join(self.base, "output")
-        self.output_data = os.path.join(self.output, "data")
-        self.output_intermediate = os.path.join(self.output, "intermediate")
-        self.checkpoints = os.path.join(self.base, "checkpoints")
-        self.logs = os.path.join(self.base, "logs.txt")
 
 
 # ----------------------------------------------------------------------------- public entry
@@ -274,17 +243,6 @@ def local_channels(inputs):
     return channels
 
 
-def decode_hyperparameters(encoded):
-    """JSON-decode each value where possible, like the toolkit's read_hyperparameters()."""
-    decoded = {}
-    for key, value in encoded.items():
-        try:
-            decoded[key] = json.loads(value)
-        except (ValueError, TypeError):
-            decoded[key] = value
-    return decoded
-
-
 def count_processes(spec):
     if spec.launcher in ("mpi", "smdistributed"):
         return len(spec.hosts) * spec.processes_per_host
@@ -342,141 +300,6 @@ def make_checkpoint_dir(uri, link):
     os.symlink(target.expanduser().resolve(), link, target_is_directory=True)
 
 
-# ------------------------------------------------------- the toolkit's environment, replayed
-
-
-@dataclass(frozen=True)
-class Machine:
-    num_cpus: int
-    num_gpus: int
-    num_neurons: int
-    smddprun: bool
-    smddpmprun: bool
-
-
-def probe_machine():
-    """What the toolkit measures about the instance (environment.num_cpus/num_gpus/...)."""
-    return Machine(os.cpu_count() or 1, count_devices(["nvidia-smi", "--list-gpus"], "GPU "),
-                   count_neuron_cores(), shutil.which("smddprun") is not None,
-                   shutil.which("smddpmprun") is not None)
-
-
-def count_devices(command, prefix):
-    try:
-        out = subprocess.run(command, capture_output=True, text=True, check=True, timeout=30)
-    except (OSError, subprocess.SubprocessError):
-        return 0
-    return sum(1 for line in out.stdout.splitlines() if line.startswith(prefix))
-
-
-def count_neuron_cores():
-    try:
-        out = subprocess.run(["neuron-ls", "-j"], capture_output=True, text=True, check=True,
-                             timeout=30)
-        return sum(item.get("nc_count", 0) for item in json.loads(out.stdout))
-    except (OSError, subprocess.SubprocessError, ValueError):
-        return 0
-
-
-def training_env(base, hyperparameters, resource, input_data, job_name, machine):
-    """dict(sagemaker_training.environment.Environment()): what SM_TRAINING_ENV holds."""
-    paths = OptMl(base)
-    hps = decode_hyperparameters(hyperparameters)
-    sagemaker = {k: v for k, v in hps.items()
-                 if k in TOOLKIT_SAGEMAKER_HYPERPARAMETERS or k.startswith("sagemaker_")}
-    framework = {k: v for k, v in sagemaker.items() if k not in TOOLKIT_SAGEMAKER_HYPERPARAMETERS}
-    group = resource.get("current_group_name", INSTANCE_GROUP)
-    groups = resource.get("instance_groups", [])
-    distributed = any(framework.get(flag) for flag in DISTRIBUTION_FLAGS)
-    dist_groups = framework.get("sagemaker_distribution_instance_groups",
-                                [group] if distributed else [])
-    dist_hosts = ([h for g in groups if g["instance_group_name"] in dist_groups
-                   for h in g["hosts"]] if groups else list(resource["hosts"]))
-    master = dist_hosts[0] if dist_hosts else resource["hosts"][0]
-    program = sagemaker.get("sagemaker_program")
-    return {
-        "additional_framework_parameters": framework,
-        "channel_input_dirs": {c: os.path.join(paths.input_data, c) for c in input_data},
-        "current_host": resource["current_host"],
-        "current_instance_group": group,
-        "current_instance_group_hosts": next(
-            (g["hosts"] for g in groups if g["instance_group_name"] == group), []),
-        "current_instance_type": resource.get("current_instance_type", "local"),
-        "distribution_hosts": dist_hosts,
-        "distribution_instance_groups": dist_groups,
-        "framework_module": TF_TRAINING_MODULE,
-        "hosts": resource["hosts"],
-        "hyperparameters": {k: v for k, v in hps.items() if k not in sagemaker},
-        "input_config_dir": paths.input_config,
-        "input_data_config": input_data,
-        "input_dir": paths.input,
-        "instance_groups": [g["instance_group_name"] for g in groups],
-        "instance_groups_dict": {g["instance_group_name"]: g for g in groups},
-        "is_hetero": len(groups) > 1,
-        "is_master": resource["current_host"] == master,
-        "is_modelparallel_enabled": None,  # read from SM_HP_MP_PARAMETERS before it is set
-        "is_smddpmprun_installed": machine.smddpmprun,
-        "is_smddprun_installed": machine.smddprun,
-        "job_name": job_name,
-        "log_level": sagemaker.get("sagemaker_container_log_level", logging.INFO),
-        "master_hostname": master,
-        "model_dir": paths.model,
-        "module_dir": str(sagemaker.get("sagemaker_submit_directory", paths.code)),
-        "module_name": program[:-3] if program and program.endswith(".py") else str(program),
-        "network_interface_name": resource.get("network_interface_name", "eth0"),
-        "num_cpus": machine.num_cpus,
-        "num_gpus": machine.num_gpus,
-        "num_neurons": machine.num_neurons,
-        "output_data_dir": paths.output_data,
-        "output_dir": paths.output,
-        "output_intermediate_dir": paths.output_intermediate,
-        "resource_config": resource,
-        "topology": resource.get("topology", []),
-        "user_entry_point": program,
-    }
-
-
-def sm_env_vars(env):
-    """Environment.to_env_vars(): the SM_* variables the entry point sees."""
-    mapping = {key: env[key] for key in (
-        "hosts", "network_interface_name", "user_entry_point", "resource_config",
-        "input_data_config", "output_data_dir", "current_host", "current_instance_type",
-        "current_instance_group", "current_instance_group_hosts", "instance_groups",
-        "instance_groups_dict", "distribution_instance_groups", "is_hetero", "module_name",
-        "log_level", "framework_module", "input_dir", "input_config_dir", "output_dir",
-        "num_cpus", "num_gpus", "num_neurons", "model_dir", "module_dir",
-        "output_intermediate_dir")}
-    mapping.update(hps=env["hyperparameters"], framework_params=env[
-        "additional_framework_parameters"], channels=sorted(env["channel_input_dirs"]),
-        training_env=env, user_args=to_cmd_args(env["hyperparameters"]))
-    if env["topology"]:
-        mapping["topology"] = env["topology"]
-    mapping.update({f"channel_{name}": path for name, path in env["channel_input_dirs"].items()})
-    mapping.update({f"hp_{key}": value for key, value in env["hyperparameters"].items()})
-    return {f"SM_{str(key).upper()}": format_env_value(value) for key, value in mapping.items()}
-
-
-def format_env_value(value):
-    if value is None:
-        return ""
-    if isinstance(value, str):
-        return value
-    return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=True)
-
-
-def to_cmd_args(hyperparameters):
-    """mapping.to_cmd_args(): sorted ``--key value`` pairs (``-k`` for one-letter keys)."""
-    args = []
-    for key in sorted(hyperparameters):
-        value = hyperparameters[key]
-        args.append(f"--{key}" if len(str(key)) > 1 else f"-{key}")
-        if hasattr(value, "items"):
-            args.append(",".join(f"{k}={v}" for k, v in sorted(value.items())))
-        else:
-            args.append("" if value is None else str(value))
-    return args
-
-
 def host_environment(spec, host, machine):
     """The full environment of an entry-point process on simulated ``host``."""
     paths = OptMl(spec.job_dir)
@@ -499,13 +322,6 @@ def host_environment(spec, host, machine):
 
 
 # -------------------------------------------------------------------------- launch plans
-
-
-@dataclass
-class Proc:
-    label: str
-    argv: list
-    env: dict
 
 
 def plan_processes(spec):
@@ -565,124 +381,6 @@ def plan_mpirun(spec, machine, args):
     return Proc("", argv, master)
 
 
-def free_ports(count):
-    sockets = [socket.socket() for _ in range(count)]
-    try:
-        for sock in sockets:
-            sock.bind(("127.0.0.1", 0))
-        return [sock.getsockname()[1] for sock in sockets]
-    finally:
-        for sock in sockets:
-            sock.close()
-
-
-# ---------------------------------------------------------------------- run and supervise
-
-
-class LogSink:
-    """Log lines go to the live stream and logs.txt; the last ones are kept for errors."""
-
-    def __init__(self, stream, path):
-        self.stream, self.path = stream, path
-        self.tail = deque(maxlen=TAIL_LINES)
-        self.lock = threading.Lock()
-
-    def __enter__(self):
-        self.file = open(self.path, "a", encoding="utf-8")
-        return self
-
-    def __exit__(self, *exc):
-        self.file.close()
-
-    def line(self, text):
-        with self.lock:
-            self.tail.append(text)
-            self.file.write(text + "\n")
-            self.file.flush()
-            if self.stream is not None:
-                self.stream.write(text + "\n")
-                self.stream.flush()
-
-
-def supervise(procs, log, timeout, label_lines, processes_per_host):
-    """Run all processes; stop the rest as soon as one fails. None, or (what, exit code)."""
-    running, readers = [], []
-    deadline = time.monotonic() + timeout if timeout else None
-    try:
-        for proc in procs:
-            popen = subprocess.Popen(
-                proc.argv, env=proc.env, cwd=proc.env["SM_MODULE_DIR"], stdin=subprocess.DEVNULL,
-                stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True)
-            running.append((proc, popen))
-            # Separate pipes: mpirun writes a tag and its text in pieces, so a shared pipe
-            # would interleave one rank's stderr into another's stdout line.
-            for pipe in (popen.stdout, popen.stderr):
-                readers.append(start_reader(pipe, proc.label, log, label_lines,
-                                            processes_per_host))
-        return wait_for_all(running, deadline, timeout)
-    finally:
-        stop_all([popen for _, popen in running])
-        for reader in readers:
-            reader.join(timeout=STOP_GRACE_SECONDS)
-
-
-def wait_for_all(running, deadline, timeout):
-    while True:
-        for proc, popen in running:
-            code = popen.poll()
-            if code not in (None, 0):
-                who = f"process on {proc.label}" if proc.label else "entry point"
-                if os.path.basename(proc.argv[0]) == "mpirun":
-                    who = "mpirun (a rank failed)"
-                return f"{who} exited with code {code}", code
-        if all(popen.poll() == 0 for _, popen in running):
-            return None
-        if deadline and time.monotonic() > deadline:
-            return f"timed out after {timeout:.0f}s (the estimator's max_run or `timeout`)", None
-        time.sleep(0.05)
-
-
-def start_reader(pipe, label, log, label_lines, processes_per_host):
-    def relabel(line):
-        tagged = MPI_TAG.match(line)
-        if tagged:
-            rank = int(tagged.group(1))
-            text = MPI_EMPTY_TAG.sub("", tagged.group(2))
-            return f"[algo-{rank // processes_per_host + 1},rank {rank}] {text}"
-        return f"[{label}] {line}" if label and label_lines else line
-
-    def pump():
-        for raw in iter(pipe.readline, b""):
-            log.line(relabel(raw.decode("utf-8", "replace").rstrip("\r\n")))
-        pipe.close()
-
-    reader = threading.Thread(target=pump, daemon=True)
-    reader.start()
-    return reader
-
-
-def stop_all(popens):
-    """SIGTERM every process group we started (ranks and their children too), then SIGKILL."""
-    for popen in popens:
-        signal_group(popen, signal.SIGTERM)
-    deadline = time.monotonic() + STOP_GRACE_SECONDS
-    for popen in popens:
-        try:
-            popen.wait(timeout=max(0.0, deadline - time.monotonic()))
-        except subprocess.TimeoutExpired:
-            pass
-    for popen in popens:
-        signal_group(popen, signal.SIGKILL)
-        popen.wait()
-
-
-def signal_group(popen, sig):
-    try:
-        os.killpg(popen.pid, sig)
-    except (ProcessLookupError, PermissionError):
-        pass  # the group is gone already
-
-
 def fail_job(spec, paths, log, what, code):
     tail = list(log.tail)
     write_atomic(os.path.join(paths.output, "failure"), f"{what}\n" + "\n".join(tail) + "\n")
@@ -693,36 +391,3 @@ def fail_job(spec, paths, log, what, code):
         spec.job_name, spec.job_dir, code, tail)
 
 
-# ------------------------------------------------------------------------- atomic files
-
-
-def write_atomic(path, text):
-    folder = os.path.dirname(path)
-    fd, tmp = tempfile.mkstemp(dir=folder, prefix=".tmp-")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        os.unlink(tmp)
-        raise
-
-
-def write_json_atomic(path, obj):
-    write_atomic(path, json.dumps(obj, indent=1, sort_keys=True))
-
-
-def pack_folder(folder, tar_path):
-    """tar.gz of a folder's contents (no leading folder name), written atomically."""
-    tar_path = Path(tar_path)
-    fd, tmp = tempfile.mkstemp(dir=tar_path.parent, prefix=".tmp-", suffix=".tar.gz")
-    os.close(fd)
-    try:
-        with tarfile.open(tmp, "w:gz") as tar:
-            for name in sorted(os.listdir(folder)):
-                tar.add(os.path.join(folder, name), arcname=name)
-        os.replace(tmp, tar_path)
-    except BaseException:
-        os.unlink(tmp)
-        raise
-    return tar_path
