@@ -26,19 +26,11 @@ sys.path[:0] = [str(ROOT / "tests"), str(ROOT / "code" / "phase0")]
 import synthetic_cifar  # noqa: E402
 
 from workshop import SRC_DIR, dataset, jobs  # noqa: E402
+from workshop.entry_points import ENTRY_POINTS  # noqa: E402
 
 KERAS3_PYTHON = ROOT / ".venv-keras3" / "bin" / "python"
-RUNS = [  # (entry point, distribution, instance count, sibling)
-    ("train_keras.py", None, 1, None),
-    ("train_tf.py", None, 1, None),
-    ("train_keras_horovod.py", {"mpi": {"enabled": True, "processes_per_host": 1}}, 2,
-     "train_keras.py"),
-    ("train_tf_horovod.py", {"mpi": {"enabled": True, "processes_per_host": 1}}, 2,
-     "train_tf.py"),
-    ("train_tf_ddp.py", {"smdistributed": {"dataparallel": {"enabled": True}}}, 2, "train_tf.py"),
-    ("train_tf_mwms.py", {"multi_worker_mirrored_strategy": {"enabled": True}}, 2,
-     "train_tf.py"),
-]
+# Every entry point of the registry; the distributed ones on 2 simulated hosts, 1 process each.
+RUNS = [(entry.script, 2 if entry.distributed else 1, entry.sibling) for entry in ENTRY_POINTS]
 
 
 def make_data(folder, per_batch):
@@ -50,15 +42,12 @@ def make_data(folder, per_batch):
     return data_dir
 
 
-def process_mode(entry_point, distribution, count, data_dir, runs, hyperparameters):
-    versions = {"train_keras_horovod.py": ("2.12", "py310"),
-                "train_tf_horovod.py": ("2.12", "py310"), "train_tf_ddp.py": ("2.11", "py39")}
-    framework, py = versions.get(entry_point, ("2.19", "py312"))
-    estimator = jobs.make_estimator("process", entry_point, hyperparameters, framework, py,
-                                    distribution=distribution, instance_count=count,
-                                    checkpoint=False)
-    result = jobs.run(estimator, jobs.data_channels("process", data_dir), "process", logs=False,
-                      runs_dir=runs)
+def process_mode(entry_point, count, data_dir, runs, hyperparameters):
+    estimator = jobs.workshop_estimator("process", entry_point, hyperparameters,
+                                        instance_count=count, processes_per_host=1,
+                                        checkpoint=False)
+    result = jobs.run_in_process(estimator, jobs.data_channels("process", data_dir), runs_dir=runs,
+                                 logs=False)
     return result.metrics, result.wall_seconds
 
 
@@ -87,9 +76,9 @@ def main():
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
         data_dir = make_data(tmp, args.per_batch)
-        for entry_point, distribution, count, sibling in RUNS:
-            metrics, wall = process_mode(entry_point, distribution, count, data_dir,
-                                         tmp / "runs", hyperparameters)
+        for entry_point, count, sibling in RUNS:
+            metrics, wall = process_mode(entry_point, count, data_dir, tmp / "runs",
+                                         hyperparameters)
             rates[entry_point] = metrics["images_per_sec"]
             ratio = f"{metrics['images_per_sec'] / rates[sibling]:.2f}x" if sibling else ""
             rows.append((entry_point, f"{count} proc, Keras {metrics['keras'][:4]}", wall,

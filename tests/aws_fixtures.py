@@ -119,7 +119,7 @@ def probe_estimator(sdk_offline):
 
     from workshop import jobs
 
-    session = jobs.make_session("process")
+    session = jobs.session_for("process")
 
     def make(hyperparameters=None, distribution=None, instance_count=1, framework_version="2.19",
              py_version="py312", **kwargs):

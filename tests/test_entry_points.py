@@ -26,9 +26,9 @@ SMALL = {"epochs": 1, "batch-size": 64}
 
 
 def process_job(entry_point, data_dir, runs_dir, hyperparameters=None, inputs=None):
-    estimator = jobs.make_estimator("process", entry_point, hyperparameters or SMALL)
+    estimator = jobs.workshop_estimator("process", entry_point, hyperparameters or SMALL)
     inputs = inputs if inputs is not None else jobs.data_channels("process", data_dir)
-    return jobs.run(estimator, inputs, "process", logs=False, runs_dir=runs_dir)
+    return jobs.run_in_process(estimator, inputs, runs_dir=runs_dir, logs=False)
 
 
 @pytest.fixture(scope="module", params=ENTRY_POINTS)

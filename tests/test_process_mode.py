@@ -202,8 +202,8 @@ def test_s3_channels_are_refused_with_the_fix(probe_estimator, runs):
         run_process_job(probe_estimator(), {"train": "s3://bucket/train"}, runs_dir=runs)
 
 
-def test_jobs_run_returns_the_common_result(probe_estimator, channels, runs, capsys):
-    result = jobs.run(probe_estimator(), channels, "process", runs_dir=runs)
+def test_run_in_process_returns_the_common_result(probe_estimator, channels, runs, capsys):
+    result = jobs.run_in_process(probe_estimator(), channels, runs_dir=runs)
 
     assert result.mode == "process" and (runs / result.job_name).is_dir()
     assert result.model_artifact == runs / result.job_name / "model.tar.gz"
@@ -212,4 +212,5 @@ def test_jobs_run_returns_the_common_result(probe_estimator, channels, runs, cap
     assert result.history == [{"epoch": 1, "loss": 2.0}]
     assert result.logs_path.read_text().count("probe rank 0") == 1
     assert result.wall_seconds > 0
+    assert (result.instance_type, result.instance_count, result.spot) == ("local", 1, False)
     assert "probe rank 0 on algo-1" in capsys.readouterr().out

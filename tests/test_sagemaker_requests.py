@@ -15,8 +15,10 @@ import tarfile
 import boto3
 import pytest
 from aws_fixtures import *  # noqa: F401,F403 - moto_server, sdk_offline
+from notebook_cells import run_up_to_estimator
 
-from workshop import dataset, jobs
+from workshop import PHASE0_DIR, SRC_DIR, dataset, jobs
+from workshop.entry_points import ENTRY_POINTS
 
 BUCKET = "workshop-requests-test"
 ROLE = "arn:aws:iam::123456789012:role/SageMakerWorkshopRole"
@@ -29,7 +31,7 @@ def s3_channels(moto_server, cifar_data_dir, tmp_path_factory):
     boto3.client("s3").create_bucket(Bucket=BUCKET)
     data_dir = tmp_path_factory.mktemp("host-data") / "cifar10"
     shutil.copytree(cifar_data_dir, data_dir)
-    channels = dataset.upload_channels(data_dir, jobs.make_session("host", bucket=BUCKET), BUCKET)
+    channels = dataset.upload_channels(data_dir, jobs.session_for("host", bucket=BUCKET), BUCKET)
     assert dataset.read_channels(data_dir) == channels  # recorded for the training notebooks
     assert jobs.data_channels("host", data_dir) == channels
     return channels
@@ -45,22 +47,21 @@ def test_data_upload_puts_every_shard_and_manifest_in_s3(s3_channels, cifar_data
         assert uploaded == local
 
 
-def submit(s3_channels, sent=None, **kwargs):
-    """make_estimator('host', ...) + run(wait=False); returns describe_training_job.
+def submit(s3_channels, script="train_keras.py", sent=None, estimator=None, **kwargs):
+    """estimator (default: jobs.workshop_estimator('host', script, ...)).fit(wait=False);
+    returns describe_training_job.
 
     ``sent``, if a dict, receives the CreateTrainingJob parameters as the SDK sent them.
     """
     sent = {} if sent is None else sent
-    kwargs.setdefault("framework_version", "2.19")
-    kwargs.setdefault("py_version", "py312")
-    estimator = jobs.make_estimator("host", "train_keras.py", HYPERPARAMETERS, role=ROLE,
-                                    bucket=BUCKET, **kwargs)
+    kwargs.setdefault("hyperparameters", HYPERPARAMETERS)
+    estimator = estimator or jobs.workshop_estimator("host", script, role_arn=ROLE, bucket=BUCKET,
+                                                     **kwargs)
     client = estimator.sagemaker_session.sagemaker_client
     client.meta.events.register("provide-client-params.sagemaker.CreateTrainingJob",
                                 lambda params, **_: sent.update(params))
-    result = jobs.run(estimator, s3_channels, "host", wait=False)
-    assert result.mode == "host" and result.model_artifact is None
-    return client.describe_training_job(TrainingJobName=result.job_name)
+    estimator.fit(s3_channels, wait=False)
+    return client.describe_training_job(TrainingJobName=estimator.latest_training_job.name)
 
 
 def image_for(version, py_version, instance_type):
@@ -78,7 +79,7 @@ def s3_object(uri):
 
 def test_host_job_request(s3_channels):
     sent = {}
-    job = submit(s3_channels, sent, use_spot=True, max_run=3600, max_wait=7200)
+    job = submit(s3_channels, sent=sent, use_spot=True, max_run=3600)
 
     assert job["AlgorithmSpecification"]["TrainingImage"] == \
         image_for("2.19", "py312", "ml.p3.2xlarge")
@@ -107,8 +108,7 @@ def test_host_job_request(s3_channels):
 
 
 def test_mpi_request(s3_channels):
-    job = submit(s3_channels, framework_version="2.12", py_version="py310", instance_count=2,
-                 distribution={"mpi": {"enabled": True, "processes_per_host": 4}})
+    job = submit(s3_channels, "train_keras_horovod.py", instance_count=2, processes_per_host=4)
 
     hps = job["HyperParameters"]
     assert job["AlgorithmSpecification"]["TrainingImage"] == \
@@ -120,9 +120,8 @@ def test_mpi_request(s3_channels):
 
 
 def test_smdistributed_dataparallel_request(s3_channels):
-    job = submit(s3_channels, framework_version="2.11", py_version="py39", instance_count=2,
-                 instance_type="ml.p3.16xlarge",
-                 distribution={"smdistributed": {"dataparallel": {"enabled": True}}})
+    job = submit(s3_channels, "train_tf_ddp.py", instance_count=2,
+                 instance_type="ml.p3.16xlarge")
 
     hps = job["HyperParameters"]
     assert job["AlgorithmSpecification"]["TrainingImage"] == \
@@ -133,25 +132,30 @@ def test_smdistributed_dataparallel_request(s3_channels):
 
 
 def test_multi_worker_mirrored_strategy_request(s3_channels):
-    job = submit(s3_channels, instance_count=2,
-                 distribution={"multi_worker_mirrored_strategy": {"enabled": True}})
+    job = submit(s3_channels, "train_tf_mwms.py", instance_count=2)
 
     assert job["HyperParameters"]["sagemaker_multi_worker_mirrored_strategy_enabled"] == "true"
     assert job["ResourceConfig"]["InstanceCount"] == 2
 
 
 def test_smdistributed_refuses_tf_2_12_with_the_sdks_message(moto_server):
+    from sagemaker.tensorflow import TensorFlow
+
     with pytest.raises(ValueError, match="not supported by smdataparallel"):
-        jobs.make_estimator("host", "train_keras.py", HYPERPARAMETERS, framework_version="2.12",
-                            py_version="py310", instance_type="ml.p3.16xlarge", role=ROLE,
-                            bucket=BUCKET, distribution={"smdistributed": {
-                                "dataparallel": {"enabled": True}}})
+        TensorFlow(entry_point="train_tf_ddp.py", source_dir=str(SRC_DIR),
+                   framework_version="2.12", py_version="py310",
+                   instance_type="ml.p3.16xlarge", instance_count=2, role=ROLE,
+                   sagemaker_session=jobs.session_for("host", BUCKET),
+                   distribution={"smdistributed": {"dataparallel": {"enabled": True}}})
 
 
-def test_spot_needs_max_wait_at_least_max_run(moto_server):
-    with pytest.raises(ValueError, match="max_wait .* must be >= max_run"):
-        jobs.make_estimator("host", "train_keras.py", HYPERPARAMETERS, role=ROLE, bucket=BUCKET,
-                            use_spot=True, max_run=3600, max_wait=600)
+def test_spot_and_checkpoints_are_host_mode_only(moto_server):
+    """Local mode refuses both (the SDK raises); process mode ignores spot."""
+    session = jobs.session_for("local")
+    assert jobs.spot_for("host", True) and not jobs.spot_for("host", False)
+    assert not jobs.spot_for("local", True) and not jobs.spot_for("process", True)
+    assert jobs.checkpoint_uri_for("local", session, BUCKET, "cifar10-train-keras") is None
+    assert jobs.checkpoint_uri_for("process", session, "", "x").startswith("file://")
 
 
 # --------------------------------------------------------------------- channels and modes
@@ -179,9 +183,12 @@ def test_local_mode_without_docker_says_what_is_missing(monkeypatch, tmp_path):
         jobs.check_mode_available("local")
 
 
-def test_unknown_mode_is_refused():
+@pytest.mark.parametrize("helper, arguments", [
+    (jobs.session_for, ()), (jobs.instance_type_for, ("ml.p3.2xlarge",)),
+    (jobs.output_path_for, ("",)), (jobs.spot_for, (True,))])
+def test_unknown_mode_is_refused(helper, arguments):
     with pytest.raises(ValueError, match="MODE must be one of"):
-        jobs.make_estimator("cloud", "train_keras.py", {})
+        helper("cloud", *arguments)
 
 
 # ------------------------------------------------------------------------ metric regexes
@@ -222,3 +229,47 @@ def test_metric_names_are_the_documented_ones():
     assert [d["Name"] for d in jobs.METRIC_DEFINITIONS] == [
         "train:loss", "train:accuracy", "validation:loss", "validation:accuracy",
         "train:images_per_sec", "train:epoch_seconds", "eval:loss", "eval:accuracy"]
+
+
+# ------------------------------------------------- the notebooks' literal Estimator cells
+
+JOB_TIME = re.compile(r"(cifar10-[a-z-]+?)-\d{4}(-\d{2}){5}-\d{3}")
+
+
+def comparable(request):
+    """A CreateTrainingJob request with its per-job timestamps taken out."""
+    return json.loads(JOB_TIME.sub(r"\1-<time>", json.dumps(request, sort_keys=True,
+                                                            default=str)))
+
+
+@pytest.mark.parametrize("use_spot", [False, True], ids=["on-demand", "spot"])
+@pytest.mark.parametrize("entry", ENTRY_POINTS, ids=lambda e: e.notebook)
+def test_notebook_estimator_cell_sends_the_workshop_request(entry, use_spot, s3_channels,
+                                                            monkeypatch):
+    """The notebook's Estimator cell, run as written in host mode, sends what the tests above
+    assert of jobs.workshop_estimator: image, instances, hyperparameters, source, metrics,
+    checkpoint, spot, channels, distribution."""
+    monkeypatch.chdir(PHASE0_DIR)  # source_dir="src" is relative to the notebooks' folder
+    cell = run_up_to_estimator(entry.notebook, MODE="host", ROLE_ARN=ROLE, S3_BUCKET=BUCKET,
+                               USE_SPOT=use_spot)
+    from_notebook, from_workshop = {}, {}
+    job = submit(s3_channels, sent=from_notebook, estimator=cell["estimator"])
+    submit(s3_channels, entry.script, sent=from_workshop,
+           hyperparameters={"epochs": cell["EPOCHS"], "batch-size": cell["BATCH_SIZE"],
+                            "learning-rate": cell["LEARNING_RATE"]},
+           instance_type=cell["INSTANCE_TYPE"], instance_count=cell["INSTANCE_COUNT"],
+           processes_per_host=cell.get("PROCESSES_PER_HOST", 0), use_spot=use_spot,
+           max_run=cell["MAX_RUN"])
+
+    assert comparable(from_notebook) == comparable(from_workshop)
+    assert job["AlgorithmSpecification"]["TrainingImage"] == image_for(
+        entry.framework_version, entry.py_version, cell["INSTANCE_TYPE"])
+    assert job["HyperParameters"]["sagemaker_program"] == f'"{entry.script}"'
+    assert from_notebook["AlgorithmSpecification"]["MetricDefinitions"] == jobs.METRIC_DEFINITIONS
+    assert job.get("EnableManagedSpotTraining", False) is use_spot
+    assert job["CheckpointConfig"]["S3Uri"].startswith(f"s3://{BUCKET}/{entry.base_job_name}-")
+    flags = {"mpi": "sagemaker_mpi_enabled",
+             "smdistributed": "sagemaker_distributed_dataparallel_enabled",
+             "multi_worker_mirrored_strategy": "sagemaker_multi_worker_mirrored_strategy_enabled"}
+    for kind, flag in flags.items():
+        assert (job["HyperParameters"].get(flag) == "true") is (entry.distribution == kind)

@@ -1,8 +1,17 @@
-"""One API for the notebooks: build the Estimator for a MODE, run it, collect the result.
+"""The notebooks' mode-dependent values, and the result of a training job in every mode.
 
-    estimator = jobs.make_estimator(MODE, "train_keras.py", {"epochs": EPOCHS, ...})
-    result = jobs.run(estimator, jobs.data_channels(MODE, DATA_DIR), MODE)
-    result.metrics, result.history, result.model_artifact ...
+A training notebook writes its ``sagemaker.tensorflow.TensorFlow(...)`` call out in full; only
+the values that differ between modes come from here, one helper per value:
+
+    session = jobs.session_for(MODE)               # LocalSession (process, local) / Session (host)
+    instance_type=jobs.instance_type_for(MODE, INSTANCE_TYPE, INSTANCE_COUNT)
+    role=jobs.role_for(MODE, ROLE_ARN, session)
+    checkpoint_s3_uri=jobs.checkpoint_uri_for(MODE, session, S3_BUCKET, "cifar10-train-keras")
+    output_path=jobs.output_path_for(MODE, S3_BUCKET)
+    use_spot_instances=jobs.spot_for(MODE, USE_SPOT)
+
+then trains with ``estimator.fit(inputs)`` (local, host) or ``jobs.run_in_process(estimator,
+inputs)`` (process), and reads ``jobs.result_of(estimator)`` / the JobResult run_in_process returns.
 
 MODE:
   process  the entry point runs on this machine under the SageMaker container contract
@@ -10,11 +19,12 @@ MODE:
   local    SageMaker local mode: the SDK runs the TF training image with docker compose.
   host     a real SageMaker training job.
 
-Checkpoints (``checkpoint=True``): host mode sends ``checkpoint_s3_uri =
-s3://<bucket>/<unique job-like name>/checkpoints``, so a spot-interrupted job resumes and a new
-estimator starts afresh. Process mode uses ``file://<runs>/checkpoints/<unique name>`` (process
-mode links it into the job folder, like SageMaker's sync). Local mode has none: the SDK rejects
-checkpoint_s3_uri there. Spot settings apply to host mode only.
+What must differ between modes (SDK v2, ``EstimatorBase._add_spot_checkpoint_args``): local
+mode raises on ``checkpoint_s3_uri`` and on spot, so both are None/False there. Host mode
+checkpoints to ``s3://<bucket>/<unique job-like name>/checkpoints`` (a spot-interrupted job
+resumes, a new estimator starts afresh); process mode to ``file://<runs>/checkpoints/<name>``
+(linked into the job folder, like SageMaker's sync). Local mode's artifacts go to
+``runs/local-output/`` and result_of() moves them to ``runs/<job>/``, where every mode keeps them.
 """
 
 import json
@@ -26,10 +36,11 @@ import sys
 import tarfile
 import time
 from dataclasses import dataclass, field
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import Optional
 
-from . import DEFAULT_DATA_DIR, RUNS_DIR, SRC_DIR, resolve
+from . import DEFAULT_DATA_DIR, RUNS_DIR, SRC_DIR, entry_points, resolve
 from .dataset import CHANNELS_NAME, SPLITS
 from .files import write_json_atomic
 from .process_mode import run_process_job
@@ -44,6 +55,7 @@ DEFAULT_HOST_INSTANCE = "ml.p3.2xlarge"
 DEFAULT_REGION = "us-east-1"  # process/local only name images with it; nothing is called
 # Never used to call AWS: process and local mode only need the Estimator to have a role.
 OFFLINE_ROLE = "arn:aws:iam::111111111111:role/workshop-offline-no-aws"
+LOCAL_OUTPUT = "local-output"  # local mode's output_path under runs/
 
 _NUMBER = r"([-+]?(?:\d+\.?\d*|\.\d+)(?:[eE][-+]?\d+)?|nan|inf)"
 _EPOCH = r"epoch \d+/\d+ .*?"
@@ -70,7 +82,7 @@ class ModeUnavailable(RuntimeError):
 
 @dataclass
 class JobResult:
-    """The same for all modes; host mode with wait=False fills job_name only."""
+    """The same for all modes."""
     mode: str
     job_name: str
     model_artifact: Optional[Path] = None   # local model.tar.gz
@@ -78,10 +90,15 @@ class JobResult:
     metrics: dict = field(default_factory=dict)
     history: list = field(default_factory=list)
     logs_path: Optional[Path] = None        # process mode; host/local logs stream to stdout
-    wall_seconds: float = 0.0
+    wall_seconds: float = 0.0               # process: measured here; local/host: the job's own
+    instance_type: str = ""
+    instance_count: int = 1
+    spot: bool = False
+    training_seconds: Optional[int] = None  # host: TrainingTimeInSeconds
+    billable_seconds: Optional[int] = None  # host: BillableTimeInSeconds (spot savings included)
 
 
-# ------------------------------------------------------------------------------- building
+# ------------------------------------------------------------ mode-dependent Estimator values
 
 
 def check_mode(mode):
@@ -90,7 +107,7 @@ def check_mode(mode):
     return mode
 
 
-def make_session(mode, bucket=None):
+def session_for(mode, bucket=None):
     """The SageMaker session for a mode. process/local: a LocalSession that never calls AWS."""
     import boto3
 
@@ -113,49 +130,9 @@ def make_session(mode, bucket=None):
     return session
 
 
-def make_estimator(mode, entry_point, hyperparameters, framework_version="2.19",
-                   py_version="py312", distribution=None, instance_type=None, instance_count=1,
-                   role=None, bucket=None, use_spot=False, max_run=3600, max_wait=None,
-                   checkpoint=True, base_job_name=None, session=None):
-    """A ``sagemaker.tensorflow.TensorFlow`` for ``src/<entry_point>``, set up for ``mode``."""
-    from sagemaker.tensorflow import TensorFlow
-    from sagemaker.utils import name_from_base
-
+def instance_type_for(mode, instance_type, instance_count=1):
+    """host: the notebook's INSTANCE_TYPE; local: "local" or "local_gpu"; process: "local"."""
     check_mode(mode)
-    session = session or make_session(mode, bucket)
-    base_job_name = base_job_name or "cifar10-" + Path(entry_point).stem.replace("_", "-")
-    spot = spot_settings(use_spot, max_run, max_wait) if mode == "host" else {}
-    checkpoint_uri = checkpoint_location(mode, session, bucket, name_from_base(base_job_name)) \
-        if checkpoint else None
-    return TensorFlow(
-        entry_point=entry_point, source_dir=str(SRC_DIR), hyperparameters=dict(hyperparameters),
-        framework_version=framework_version, py_version=py_version, distribution=distribution,
-        instance_type=pick_instance_type(mode, instance_type, instance_count),
-        instance_count=instance_count,
-        role=pick_role(mode, role, session), sagemaker_session=session,
-        metric_definitions=METRIC_DEFINITIONS, base_job_name=base_job_name, max_run=max_run,
-        checkpoint_s3_uri=checkpoint_uri, disable_profiler=True, **spot)
-
-
-def spot_settings(use_spot, max_run, max_wait):
-    if not use_spot:
-        return {}
-    max_wait = max_wait or 2 * max_run
-    if max_wait < max_run:
-        raise ValueError(f"max_wait ({max_wait}s) must be >= max_run ({max_run}s): it is the "
-                         f"training time plus the time spent waiting for spot capacity.")
-    return {"use_spot_instances": True, "max_wait": max_wait}
-
-
-def checkpoint_location(mode, session, bucket, unique_name):
-    if mode == "host":
-        return f"s3://{bucket or session.default_bucket()}/{unique_name}/checkpoints"
-    if mode == "process":
-        return f"file://{RUNS_DIR / 'checkpoints' / unique_name}"
-    return None  # local mode: the SDK raises if checkpoint_s3_uri is set
-
-
-def pick_instance_type(mode, instance_type, instance_count=1):
     if mode == "host":
         return instance_type or DEFAULT_HOST_INSTANCE
     # The SDK refuses local_gpu with more than one instance ("Distributed Training in Local GPU
@@ -169,11 +146,13 @@ def nvidia_gpu_present():
     return command_succeeds(["nvidia-smi", "-L"])
 
 
-def pick_role(mode, role, session):
+def role_for(mode, role_arn, session):
+    """host: ROLE_ARN, or this notebook instance's execution role; else a placeholder ARN."""
+    check_mode(mode)
     if mode != "host":
-        return role or OFFLINE_ROLE
-    if role:
-        return role
+        return role_arn or OFFLINE_ROLE
+    if role_arn:
+        return role_arn
     import sagemaker
 
     try:
@@ -185,18 +164,75 @@ def pick_role(mode, role, session):
             f"finding it automatically only works on SageMaker notebooks ({err})") from err
 
 
+def checkpoint_uri_for(mode, session, bucket, base_job_name):
+    """A fresh checkpoint location per estimator; None in local mode (the SDK refuses one)."""
+    from sagemaker.utils import name_from_base
+
+    check_mode(mode)
+    unique_name = name_from_base(base_job_name)
+    if mode == "host":
+        return f"s3://{bucket or session.default_bucket()}/{unique_name}/checkpoints"
+    if mode == "process":
+        return f"file://{RUNS_DIR / 'checkpoints' / unique_name}"
+    return None
+
+
+def output_path_for(mode, bucket):
+    """host: s3://<S3_BUCKET>/ (None: the session's default bucket); local: a folder here."""
+    check_mode(mode)
+    if mode == "host":
+        return f"s3://{bucket}/" if bucket else None
+    if mode == "local":
+        # Local mode copies model.tar.gz/output.tar.gz straight into a file:// output_path;
+        # result_of() moves them on to runs/<job>/.
+        return f"file://{RUNS_DIR / LOCAL_OUTPUT}"
+    return None  # process mode packs the artifacts in runs/<job>/ itself
+
+
+def spot_for(mode, use_spot):
+    """Managed spot training is a host-mode thing: local mode raises on it, process ignores it."""
+    return bool(use_spot) and check_mode(mode) == "host"
+
+
 # GPUs of the instance types the distributed notebooks suggest: SageMaker runs one process each.
 GPUS_PER_INSTANCE = {"ml.p3.2xlarge": 1, "ml.p3.8xlarge": 4, "ml.p3.16xlarge": 8,
                      "ml.p3dn.24xlarge": 8, "ml.p4d.24xlarge": 8, "ml.p4de.24xlarge": 8,
                      "ml.g5.12xlarge": 4, "ml.g5.48xlarge": 8}
 
 
-def mpi_distribution(mode, instance_type, processes_per_host=None):
-    """``{"mpi": ...}`` for Horovod: one process per GPU on SageMaker (host mode), one per
-    simulated host in process mode and per CPU container in local mode, unless given."""
-    if not processes_per_host:
-        processes_per_host = GPUS_PER_INSTANCE.get(instance_type, 1) if mode == "host" else 1
-    return {"mpi": {"enabled": True, "processes_per_host": int(processes_per_host)}}
+def processes_per_host_for(mode, instance_type, processes_per_host=0):
+    """Horovod's processes per host: one per GPU on SageMaker (host mode), one per simulated
+    host in process mode and per CPU container in local mode; a nonzero value wins."""
+    check_mode(mode)
+    if processes_per_host:
+        return int(processes_per_host)
+    return GPUS_PER_INSTANCE.get(instance_type, 1) if mode == "host" else 1
+
+
+def workshop_estimator(mode, script, hyperparameters, instance_type=None, instance_count=1,
+                       role_arn=None, bucket=None, use_spot=False, max_run=3600,
+                       processes_per_host=0, checkpoint=True, session=None):
+    """The Estimator the notebook of ``script`` builds, from the registry: for benchmarks and
+    tests (the notebooks write theirs out; a test checks both send the same request)."""
+    from sagemaker.tensorflow import TensorFlow
+
+    entry = entry_points.entry_point(script)
+    session = session or session_for(mode, bucket)
+    distribution = entry_points.distribution_for(
+        entry, processes_per_host_for(mode, instance_type, processes_per_host))
+    return TensorFlow(
+        entry_point=entry.script, source_dir=str(SRC_DIR),
+        framework_version=entry.framework_version, py_version=entry.py_version,
+        instance_type=instance_type_for(mode, instance_type, instance_count),
+        instance_count=instance_count, distribution=distribution,
+        role=role_for(mode, role_arn, session), sagemaker_session=session,
+        hyperparameters=dict(hyperparameters), metric_definitions=METRIC_DEFINITIONS,
+        checkpoint_s3_uri=(checkpoint_uri_for(mode, session, bucket, entry.base_job_name)
+                           if checkpoint else None),
+        output_path=output_path_for(mode, bucket),
+        use_spot_instances=spot_for(mode, use_spot), max_run=max_run,
+        max_wait=2 * max_run if spot_for(mode, use_spot) else None,
+        base_job_name=entry.base_job_name, disable_profiler=True)
 
 
 # ------------------------------------------------------------------------------- inputs
@@ -257,7 +293,7 @@ def check_aws(role):
                               "AWS_PROFILE, or use a SageMaker notebook's role.")
     if not session.region_name:
         raise ModeUnavailable("MODE='host' needs an AWS region: set AWS_DEFAULT_REGION.")
-    pick_role("host", role, make_session("host"))
+    role_for("host", role, session_for("host"))
 
 
 def command_succeeds(command, timeout=20):
@@ -267,49 +303,51 @@ def command_succeeds(command, timeout=20):
         return False
 
 
-def run(estimator, inputs, mode, wait=True, logs=True, runs_dir=RUNS_DIR):
-    """Train: fit() in host/local mode, process mode on this machine. Returns a JobResult.
-
-    runs_dir: where job folders and downloaded artifacts go (tests point it elsewhere).
-    """
-    check_mode(mode)
+def run_in_process(estimator, inputs, runs_dir=RUNS_DIR, logs=True):
+    """Process mode: the estimator's entry point on this machine, under the container's contract
+    (process_mode.py). Returns the JobResult; runs_dir is where job folders go."""
     started = time.monotonic()
-    if mode == "process":
-        job = run_process_job(estimator, inputs, runs_dir=runs_dir,
-                              stream=sys.stdout if logs else None)
-        return collect(mode, job.job_name, job.model_artifact, job.output_data_dir,
-                       job.logs_path, started)
-    if mode == "local":
-        return run_local(estimator, inputs, logs, started, Path(runs_dir))
-    estimator.fit(inputs, wait=wait, logs=logs)
+    job = run_process_job(estimator, inputs, runs_dir=runs_dir,
+                          stream=sys.stdout if logs else None)
+    return collect(estimator, "process", job.job_name, job.model_artifact, job.output_data_dir,
+                   wall_seconds=time.monotonic() - started, logs_path=job.logs_path)
+
+
+def result_of(estimator, runs_dir=RUNS_DIR):
+    """The JobResult of the estimator's last ``fit()`` (local or host mode, waited for): its
+    artifacts copied to runs/<job>/, metrics.json, and the job's own times."""
+    if estimator.latest_training_job is None:
+        raise ValueError("result_of() reads a finished job: call estimator.fit(inputs) first.")
     job_name = estimator.latest_training_job.name
-    if not wait:
-        return JobResult(mode, job_name)
+    described = estimator.latest_training_job.describe()
+    local = bool(getattr(estimator.sagemaker_session, "local_mode", False))
     job_dir = Path(runs_dir) / job_name
-    model_tar, output_tar = download_artifacts(estimator, job_dir)
-    output_dir = extract(output_tar, job_dir / "output")
-    return collect(mode, job_name, model_tar, output_dir, None, started)
-
-
-def run_local(estimator, inputs, logs, started, runs_dir):
-    """Local mode copies artifacts straight into a file:// output_path: give it runs/<job>/."""
-    from sagemaker.utils import name_from_base
-
-    job_name = name_from_base(estimator.base_job_name or "tensorflow-training")
-    job_dir = runs_dir / job_name
     job_dir.mkdir(parents=True, exist_ok=True)
-    estimator.output_path = f"file://{job_dir}"
-    estimator.fit(inputs, wait=True, logs=logs, job_name=job_name)
-    model_tar = job_dir / "model.tar.gz"
-    output_dir = extract(job_dir / "output.tar.gz", job_dir / "output")
-    return collect("local", job_name, model_tar, output_dir, None, started)
+    if local:
+        model_tar, output_tar = move_local_artifacts(estimator.model_data, job_dir)
+    else:
+        model_tar, output_tar = download_artifacts(estimator, job_dir)
+    started, ended = described.get("TrainingStartTime"), described.get("TrainingEndTime")
+    return collect(estimator, "local" if local else "host", job_name, model_tar,
+                   extract(output_tar, job_dir / "output"),
+                   wall_seconds=(ended - started).total_seconds() if started and ended else 0.0,
+                   training_seconds=described.get("TrainingTimeInSeconds"),
+                   billable_seconds=described.get("BillableTimeInSeconds"))
+
+
+def move_local_artifacts(model_uri, job_dir):
+    """Local mode wrote model.tar.gz and output.tar.gz to output_path: move them to runs/<job>/."""
+    folder = Path(model_uri[len("file://"):]).parent
+    for name in ("model.tar.gz", "output.tar.gz"):
+        if (folder / name).exists():
+            shutil.move(str(folder / name), str(job_dir / name))
+    return job_dir / "model.tar.gz", job_dir / "output.tar.gz"
 
 
 def download_artifacts(estimator, job_dir):
     """model.tar.gz and output.tar.gz of a finished host job, into runs/<job>/."""
     from sagemaker.s3 import S3Downloader
 
-    job_dir.mkdir(parents=True, exist_ok=True)
     model_uri = estimator.model_data
     output_uri = model_uri.rsplit("/", 1)[0] + "/output.tar.gz"
     for uri in (model_uri, output_uri):
@@ -329,14 +367,19 @@ def extract(tar_path, folder):
     return nested if nested.is_dir() and not (folder / "metrics.json").exists() else folder
 
 
-def collect(mode, job_name, model_tar, output_dir, logs_path, started):
+def collect(estimator, mode, job_name, model_tar, output_dir, wall_seconds, logs_path=None,
+            training_seconds=None, billable_seconds=None):
     metrics = {}
     if output_dir and (Path(output_dir) / "metrics.json").exists():
         metrics = json.loads((Path(output_dir) / "metrics.json").read_text())
     return JobResult(mode=mode, job_name=job_name, model_artifact=model_tar,
                      output_dir=output_dir, metrics=metrics,
                      history=list(metrics.get("history", [])), logs_path=logs_path,
-                     wall_seconds=round(time.monotonic() - started, 1))
+                     wall_seconds=round(wall_seconds, 1),
+                     instance_type=str(estimator.instance_type),
+                     instance_count=int(estimator.instance_count or 1),
+                     spot=bool(estimator.use_spot_instances),
+                     training_seconds=training_seconds, billable_seconds=billable_seconds)
 
 
 # ------------------------------------------------------------------------------- reporting
@@ -352,10 +395,19 @@ def headline(result):
 
 
 def save_result(notebook, result, runs_dir=None):
-    """Remember a notebook's headline (runs/results/<notebook>.json) for later comparisons."""
-    path = Path(runs_dir or RUNS_DIR) / "results" / f"{notebook}.json"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    write_json_atomic(path, {"notebook": notebook, **headline(result)})
+    """Remember a run: its headline as the notebook's latest (runs/results/<notebook>.json, for
+    the distributed notebooks' comparison) and as one record of every run this machine has made
+    (runs/results/runs/<job>.json, for 5.0). Returns the record's path."""
+    results = Path(runs_dir or RUNS_DIR) / "results"
+    (results / "runs").mkdir(parents=True, exist_ok=True)
+    write_json_atomic(results / f"{notebook}.json", {"notebook": notebook, **headline(result)})
+    record = {"notebook": notebook, **headline(result),
+              "instance_type": result.instance_type, "instance_count": result.instance_count,
+              "spot": result.spot, "training_seconds": result.training_seconds,
+              "billable_seconds": result.billable_seconds,
+              "recorded_at": datetime.now(timezone.utc).isoformat(timespec="seconds")}
+    path = results / "runs" / f"{result.job_name}.json"
+    write_json_atomic(path, record)
     return path
 
 

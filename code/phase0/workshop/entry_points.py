@@ -1,0 +1,65 @@
+"""One record per entry point in ``src/``: what notebooks, benchmarks, tests and README share.
+
+The training notebooks keep their own literal values (they are the lesson, copied by learners);
+``tests/test_entry_points_registry.py`` checks each notebook and the README table against this.
+"""
+
+from dataclasses import dataclass
+from typing import Optional
+
+
+@dataclass(frozen=True)
+class EntryPoint:
+    script: str                      # src/<script>
+    notebook: str                    # the notebook that teaches it, e.g. "1.2"
+    framework_version: str           # SageMaker TF training image
+    py_version: str
+    distribution: Optional[str] = None  # top-level key of the Estimator's distribution dict
+    sibling: Optional[str] = None    # the single-process script it extends
+    marker: Optional[str] = None     # comment tag on every line it adds to the sibling
+
+    @property
+    def base_job_name(self):
+        return "cifar10-" + self.script[:-len(".py")].replace("_", "-")
+
+    @property
+    def distributed(self):
+        return self.distribution is not None
+
+
+ENTRY_POINTS = (
+    EntryPoint("train_keras.py", "1.2", "2.19", "py312"),
+    EntryPoint("train_tf.py", "2.1", "2.19", "py312"),
+    # Horovod left SageMaker's TF training images from 2.13 on: 2.12 is the last with it.
+    EntryPoint("train_keras_horovod.py", "1.5", "2.12", "py310", "mpi", "train_keras.py",
+               "# Horovod:"),
+    EntryPoint("train_tf_horovod.py", "2.2", "2.12", "py310", "mpi", "train_tf.py", "# Horovod:"),
+    # smdistributed.dataparallel supports TF only up to 2.11 (the SDK refuses newer).
+    EntryPoint("train_tf_ddp.py", "3.1", "2.11", "py39", "smdistributed", "train_tf.py",
+               "# SMDDP:"),
+    EntryPoint("train_tf_mwms.py", "3.2", "2.19", "py312", "multi_worker_mirrored_strategy",
+               "train_tf.py", "# MWMS:"),
+)
+
+BY_SCRIPT = {entry.script: entry for entry in ENTRY_POINTS}
+BY_NOTEBOOK = {entry.notebook: entry for entry in ENTRY_POINTS}
+
+
+def entry_point(script_or_notebook):
+    """The record for ``"train_tf.py"`` or ``"2.1"``; a clear error for anything else."""
+    found = BY_SCRIPT.get(script_or_notebook) or BY_NOTEBOOK.get(script_or_notebook)
+    if found is None:
+        raise KeyError(f"{script_or_notebook!r} is not in workshop/entry_points.py: known scripts "
+                       f"{sorted(BY_SCRIPT)}, notebooks {sorted(BY_NOTEBOOK)}")
+    return found
+
+
+def distribution_for(entry, processes_per_host=1):
+    """The ``distribution=`` dict the notebook of ``entry`` passes (None for single-process)."""
+    if entry.distribution == "mpi":
+        return {"mpi": {"enabled": True, "processes_per_host": processes_per_host}}
+    if entry.distribution == "smdistributed":
+        return {"smdistributed": {"dataparallel": {"enabled": True}}}
+    if entry.distribution == "multi_worker_mirrored_strategy":
+        return {"multi_worker_mirrored_strategy": {"enabled": True}}
+    return None
