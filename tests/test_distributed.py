@@ -26,6 +26,7 @@ from pathlib import Path
 
 import pytest
 
+from workshop.entry_points import ENTRY_POINTS
 from workshop.files import free_ports
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -293,10 +294,8 @@ def test_shards_are_disjoint_and_cover_every_record(cifar_data_dir):
 
 # ---- the scripts' text --------------------------------------------------------------------------
 
-SIBLINGS = [("train_keras.py", "train_keras_horovod.py", "# Horovod:"),
-            ("train_tf.py", "train_tf_horovod.py", "# Horovod:"),
-            ("train_tf.py", "train_tf_ddp.py", "# SMDDP:"),
-            ("train_tf.py", "train_tf_mwms.py", "# MWMS:")]
+SIBLINGS = [(entry.sibling, entry.script, entry.marker) for entry in ENTRY_POINTS
+            if entry.distributed]
 
 
 @pytest.mark.parametrize("sibling, script, marker", SIBLINGS, ids=[s[1] for s in SIBLINGS])

@@ -69,17 +69,18 @@ class OneCycle(keras.optimizers.schedules.LearningRateSchedule):
                 "warmup_steps": self.warmup_steps}
 
 
-def build_optimizer(learning_rate, total_steps, warmup_steps, momentum=0.9, weight_decay=5e-4):
+def build_optimizer(learning_rate, total_steps, warmup_steps, momentum, weight_decay):
     """SGD with Nesterov momentum, decoupled weight decay and the one-cycle schedule.
 
-    Warm-up takes at most a fifth of training, so that short runs still anneal.
+    Warm-up takes at most a fifth of training, so that short runs still anneal. No defaults
+    here: the recipe's values are the flags' (sagemaker_args.RECIPE_DEFAULTS).
     """
     schedule = OneCycle(learning_rate, total_steps, min(warmup_steps, total_steps / 5))
     return keras.optimizers.SGD(learning_rate=schedule, momentum=momentum, nesterov=True,
                                 weight_decay=weight_decay)
 
 
-def loss_fn(label_smoothing=0.1):
+def loss_fn(label_smoothing):
     """Per-example cross-entropy on logits with label smoothing; labels are class ids.
 
     Returns one loss per example: ``model.compile`` averages them, custom loops average

@@ -22,10 +22,13 @@ def default_checkpoint_dir():
     return None
 
 
+HYPERPARAMETERS = "hyperparameters"
+
+
 def build_parser(description):
     env = os.environ.get
     parser = argparse.ArgumentParser(description=description)
-    hp = parser.add_argument_group("hyperparameters")
+    hp = parser.add_argument_group(HYPERPARAMETERS)
     hp.add_argument("--epochs", type=int, default=20)
     hp.add_argument("--batch-size", type=int, default=128, help="per worker")
     hp.add_argument("--learning-rate", type=float, default=0.05,
@@ -50,6 +53,17 @@ def build_parser(description):
     # --sm-model-dir instead, so this is accepted and ignored.
     paths.add_argument("--model_dir", help=argparse.SUPPRESS)
     return parser
+
+
+def recipe_defaults():
+    """The training recipe's defaults, read back from the flags above (the one place they are
+    set): {"epochs": 20, "batch_size": 128, "learning_rate": 0.05, "warmup_epochs": 2.0, ...}."""
+    parser = build_parser("recipe defaults")
+    (group,) = [g for g in parser._action_groups if g.title == HYPERPARAMETERS]
+    return {action.dest: action.default for action in group._group_actions}
+
+
+RECIPE_DEFAULTS = recipe_defaults()
 
 
 def parse_args(description, argv=None):
