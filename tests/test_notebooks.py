@@ -4,7 +4,8 @@ against the fixture data, and its RESULT asserted."""
 import nbformat
 import pytest
 
-from workshop import RUNS_DIR, jobs, run_notebooks
+from workshop import RUNS_DIR, compare_runs, jobs, run_notebooks
+from workshop.entry_points import BY_NOTEBOOK
 
 NOTEBOOKS = run_notebooks.notebooks()
 TRAINING_PARAMETERS = {"MODE", "DATA_DIR", "EPOCHS", "BATCH_SIZE", "LEARNING_RATE"}
@@ -16,7 +17,7 @@ def test_the_workshop_has_its_notebooks():
                      "1.1.Train-Scratch.ipynb", "1.2.Train_Keras_Local_Script_Mode.ipynb",
                      "2.1.Train_TF_Local_Script_Mode.ipynb", "1.5.Train_Keras_Horovod.ipynb",
                      "2.2.Train_TF_Horovod.ipynb", "3.1.Train-TF-DDP.ipynb",
-                     "3.2.Train-TF-MultiWorkerMirrored.ipynb"):
+                     "3.2.Train-TF-MultiWorkerMirrored.ipynb", "5.0.Compare-Runs.ipynb"):
         assert expected in names
     assert names == sorted(names, key=lambda n: tuple(int(x) for x in n.split(".")[:2]))
 
@@ -30,7 +31,7 @@ def test_committed_notebook_is_clean_with_one_parameters_cell(path):
             assert cell.execution_count is None, f"{path.name} has execution counts"
     tagged = [c for c in notebook.cells if "parameters" in c.metadata.get("tags", [])]
     assert len(tagged) == 1, f"{path.name} needs exactly one cell tagged 'parameters'"
-    if path.name >= "1.1":
+    if path.name.startswith("1.1.") or path.name[:3] in BY_NOTEBOOK:  # training notebooks
         assert TRAINING_PARAMETERS <= run_notebooks.parameter_names(path)
 
 
@@ -70,6 +71,9 @@ def test_1_1_trains_in_the_kernel_above_chance(tmp_path, cifar_data_dir):
     assert result["eval_accuracy"] > 0.3  # 10 classes: chance is 0.1
     assert result["served_accuracy"] == pytest.approx(result["eval_accuracy"], abs=0.01)
     assert (RUNS_DIR / "1.1-scratch" / "model" / "1" / "saved_model.pb").exists()
+    assert any(run["notebook"] == "1.1" and run["mode"] == "kernel"
+               and run["eval_accuracy"] == result["eval_accuracy"]
+               for run in compare_runs.load_runs())  # recorded for 5.0
     assert pictures(notebook) >= 4  # samples, curves, confusion matrix, predictions
 
 
@@ -81,6 +85,9 @@ def test_script_mode_notebook_trains_in_process_mode(tmp_path, cifar_data_dir, n
     assert result["images_per_sec"] > 0
     assert pictures(notebook) >= 2  # training curves, predictions of the model artifact
     assert run_notebooks.result_line(notebook) == result
+    (record,) = [r for r in compare_runs.load_runs() if r["job_name"] == result["job_name"]]
+    assert record["notebook"] == number and record["instance_count"] == 1
+    assert record["eval_accuracy"] == result["eval_accuracy"]
 
 
 @pytest.mark.parametrize("number, sibling", [("1.5", "1.2"), ("2.2", "2.1"), ("3.1", "2.1"),
@@ -95,6 +102,21 @@ def test_distributed_notebook_trains_on_two_processes(tmp_path, cifar_data_dir, 
     assert pictures(notebook) >= 2
     text = "".join(o.get("text", "") for c in notebook.cells for o in c.get("outputs", []))
     assert "throughput ratio" in text  # compared with its single-process sibling
+
+
+def test_5_0_compares_every_recorded_run(tmp_path, cifar_data_dir):
+    """Runs after the training notebooks in the full suite; alone, it makes one run first."""
+    if not compare_runs.load_runs():
+        run(tmp_path / "1.2", "1.2", DATA_DIR=str(cifar_data_dir), EPOCHS=1, BATCH_SIZE=64)
+    recorded = compare_runs.load_runs()
+    result, notebook = run(tmp_path, "5.0")
+    assert result["runs"] == len(recorded) >= 1
+    assert result["notebooks"] == sorted({r["notebook"] for r in recorded})
+    assert result["modes"] == sorted({r["mode"] for r in recorded})
+    assert result["runs_with_cost"] == 0  # no host runs on this machine
+    text = "".join(o.get("text", "") for c in notebook.cells for o in c.get("outputs", []))
+    assert all(r["job_name"] in text for r in recorded)  # every run is a row of the table
+    assert pictures(notebook) == 1
 
 
 @pytest.mark.parametrize("mode, needs", [("local", "Docker"), ("host", "needs AWS credentials")])

@@ -17,7 +17,7 @@ import pytest
 from aws_fixtures import *  # noqa: F401,F403 - moto_server, sdk_offline
 from notebook_cells import run_up_to_estimator
 
-from workshop import PHASE0_DIR, SRC_DIR, dataset, jobs
+from workshop import PHASE0_DIR, SRC_DIR, compare_runs, dataset, jobs
 from workshop.entry_points import ENTRY_POINTS
 
 BUCKET = "workshop-requests-test"
@@ -273,3 +273,69 @@ def test_notebook_estimator_cell_sends_the_workshop_request(entry, use_spot, s3_
              "multi_worker_mirrored_strategy": "sagemaker_multi_worker_mirrored_strategy_enabled"}
     for kind, flag in flags.items():
         assert (job["HyperParameters"].get(flag) == "true") is (entry.distribution == kind)
+
+
+# ------------------------------------------- a host job's result, its record and its cost
+
+
+def tar_gz(files):
+    buffer = io.BytesIO()
+    with tarfile.open(fileobj=buffer, mode="w:gz") as tar:
+        for name, data in files.items():
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+    return buffer.getvalue()
+
+
+def test_host_result_is_collected_recorded_and_costed(s3_channels, tmp_path):
+    """result_of() on a host job: artifacts from the job's S3 output, metrics.json, SageMaker's
+    times; save_result() records the run; 5.0's cost arithmetic on that record.
+
+    Moto's DescribeTrainingJob has no TrainingTimeInSeconds/BillableTimeInSeconds, so a hook adds
+    what a spot job that trained 1000 s and was billed 300 s would report.
+    """
+    estimator = jobs.workshop_estimator("host", "train_tf_ddp.py", HYPERPARAMETERS,
+                                        instance_type="ml.p3.16xlarge", instance_count=2,
+                                        role_arn=ROLE, bucket=BUCKET, use_spot=True)
+    client = estimator.sagemaker_session.sagemaker_client
+    client.meta.events.register(
+        "after-call.sagemaker.DescribeTrainingJob",
+        lambda parsed, **_: parsed.update(TrainingTimeInSeconds=1000, BillableTimeInSeconds=300))
+    estimator.fit(s3_channels, wait=False)
+    metrics = {"eval_accuracy": 0.5, "epochs": 2, "workers": 16, "images_per_sec": 900.0,
+               "epoch_seconds": 3.0, "history": [{"epoch": 1, "loss": 2.0}]}
+    bucket, key = estimator.model_data[len("s3://"):].split("/", 1)
+    s3 = boto3.client("s3")
+    s3.put_object(Bucket=bucket, Key=key, Body=tar_gz({"1/saved_model.pb": b"model"}))
+    s3.put_object(Bucket=bucket, Key=key.replace("model.tar.gz", "output.tar.gz"),
+                  Body=tar_gz({"metrics.json": json.dumps(metrics).encode()}))
+
+    result = jobs.result_of(estimator, runs_dir=tmp_path)
+
+    job_dir = tmp_path / result.job_name
+    assert result.mode == "host" and result.model_artifact == job_dir / "model.tar.gz"
+    assert result.model_artifact.exists() and result.output_dir == job_dir / "output"
+    assert result.metrics == metrics and result.history == metrics["history"]
+    assert (result.instance_type, result.instance_count, result.spot) == ("ml.p3.16xlarge", 2, True)
+    assert (result.training_seconds, result.billable_seconds) == (1000, 300)
+
+    jobs.save_result("3.1", result, runs_dir=tmp_path)
+    (record,) = compare_runs.load_runs(tmp_path)
+    assert record["notebook"] == "3.1" and record["job_name"] == result.job_name
+    prices = {"read_on": "2026-11-30", "source": "test", "region": REGION,
+              "usd_per_instance_hour": {"ml.p3.16xlarge": 36.0}}
+    # 1000 s x 2 instances x $36/h = $20 on demand; billed 300 s x 2 x $36/h = $6
+    assert compare_runs.cost_estimate(record, prices) == {"on_demand_usd": 20.0, "billed_usd": 6.0}
+    assert compare_runs.table([record], prices).iloc[0]["billed_usd"] == 6.0
+    assert compare_runs.cost_estimate(record, {**prices, "usd_per_instance_hour": {}}) is None
+    assert compare_runs.cost_estimate({**record, "mode": "process"}, prices) is None
+
+
+def test_a_price_table_needs_its_date_and_source(tmp_path):
+    path = tmp_path / "prices.json"
+    path.write_text(json.dumps({"usd_per_instance_hour": {"ml.p3.2xlarge": 1.0}}))
+    with pytest.raises(ValueError, match="read_on.*region.*source"):
+        compare_runs.load_prices(path)
+    shipped = compare_runs.load_prices()
+    assert shipped["read_on"] and shipped["source"].startswith("https://")

@@ -1,0 +1,83 @@
+"""Every run this machine has made, side by side (notebook 5.0): accuracy, speed, time, cost.
+
+Each training notebook records its run with ``jobs.save_result`` as
+``runs/results/runs/<job>.json``. Cost applies to host runs only, from SageMaker's own figures:
+
+  on-demand estimate = TrainingTimeInSeconds x InstanceCount x price per instance-hour / 3600
+  billed estimate    = BillableTimeInSeconds x InstanceCount x price per instance-hour / 3600
+
+Managed spot training bills fewer seconds than it trains (the saving is
+1 - BillableTimeInSeconds / TrainingTimeInSeconds, as the DescribeTrainingJob reference puts it),
+so the two differ only for spot runs. Prices come from ``training_prices.json`` with the date and
+source they were read from; a type missing there gets no estimate.
+"""
+
+import json
+from pathlib import Path
+
+from . import RUNS_DIR
+
+PRICES_PATH = Path(__file__).with_name("training_prices.json")
+COLUMNS = ("notebook", "mode", "job_name", "instance_type", "instance_count", "spot", "epochs",
+           "workers", "eval_accuracy", "images_per_sec", "wall_seconds", "billable_seconds",
+           "on_demand_usd", "billed_usd")
+
+
+def load_runs(runs_dir=None):
+    """The recorded runs, oldest first."""
+    folder = Path(runs_dir or RUNS_DIR) / "results" / "runs"
+    records = [json.loads(path.read_text()) for path in sorted(folder.glob("*.json"))]
+    return sorted(records, key=lambda record: record.get("recorded_at", ""))
+
+
+def load_prices(path=PRICES_PATH):
+    prices = json.loads(Path(path).read_text())
+    missing = {"read_on", "source", "region", "usd_per_instance_hour"} - set(prices)
+    if missing:
+        raise ValueError(f"{path} lacks {sorted(missing)}: a price table needs its prices, the "
+                         f"date they were read, their source and region.")
+    return prices
+
+
+def cost_estimate(record, prices):
+    """{"on_demand_usd", "billed_usd"} of a host run, or None (not host, or no price/times)."""
+    price = prices["usd_per_instance_hour"].get(record.get("instance_type"))
+    if record.get("mode") != "host" or price is None:
+        return None
+    count = int(record.get("instance_count") or 1)
+
+    def usd(seconds):
+        return None if seconds is None else round(seconds * count * price / 3600, 4)
+
+    return {"on_demand_usd": usd(record.get("training_seconds")),
+            "billed_usd": usd(record.get("billable_seconds"))}
+
+
+def table(records, prices):
+    """One row per run (a pandas DataFrame with COLUMNS)."""
+    import pandas as pd
+
+    rows = []
+    for record in records:
+        cost = cost_estimate(record, prices) or {}
+        rows.append({column: cost.get(column, record.get(column)) for column in COLUMNS})
+    return pd.DataFrame(rows, columns=list(COLUMNS))
+
+
+def plot(frame):
+    """Eval accuracy and images/s of every run, one bar each, labelled notebook/mode/instances."""
+    import matplotlib.pyplot as plt
+
+    if frame.empty:
+        print("Nothing to plot: no runs recorded yet.")
+        return
+    labels = [f"{row.notebook} {row.mode}\n{row.instance_count}x {row.workers or 1}w"
+              for row in frame.itertuples()]
+    figure, axes = plt.subplots(1, 2, figsize=(max(8, len(frame) * 0.9), 3.8))
+    for ax, column, title in ((axes[0], "eval_accuracy", "eval accuracy"),
+                              (axes[1], "images_per_sec", "training images/s")):
+        ax.bar(range(len(frame)), frame[column].fillna(0))
+        ax.set_xticks(range(len(frame)), labels, fontsize=7)
+        ax.set(title=title)
+    figure.tight_layout()
+    plt.show()
