@@ -352,10 +352,12 @@ def headline(result):
 
 
 def save_result(notebook, result, runs_dir=None):
-    """Remember a notebook's headline (runs/results/<notebook>.json) for later comparisons."""
+    """Remember a notebook's headline (runs/results/<notebook>.json) for later comparisons, and
+    its model.tar.gz for 4.1 to deploy."""
     path = Path(runs_dir or RUNS_DIR) / "results" / f"{notebook}.json"
     path.parent.mkdir(parents=True, exist_ok=True)
-    write_json_atomic(path, {"notebook": notebook, **headline(result)})
+    artifact = str(result.model_artifact) if result.model_artifact else None
+    write_json_atomic(path, {"notebook": notebook, **headline(result), "model_artifact": artifact})
     return path
 
 
