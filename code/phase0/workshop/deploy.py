@@ -1,6 +1,6 @@
 """Deploy a trained model and score it, in the three modes: the plumbing of notebook 4.1.
 
-    model = TensorFlowModel(model_data=..., framework_version="2.19", role=..., sagemaker_session=...)
+    model = TensorFlowModel(model_data=..., framework_version="2.19", role=..., ...)
     predictor = deploy.serve_in_process(model)          # MODE="process": the stand-in, no Docker
     predictor = model.deploy(...)                       # MODE="local"/"host": the SDK itself
     reply = predictor.predict(batch)                    # the same in every mode
@@ -76,9 +76,11 @@ def model_data_for(mode, artifact, session=None, bucket=None):
     return S3Uploader.upload(str(artifact), prefix, sagemaker_session=session)
 
 
-def instance_type_for(mode, instance_type):
+def instance_type_for(mode, instance_type, serverless=False):
+    """The instance type for deploy/transformer: none for a serverless endpoint, the given one
+    in host mode, local(_gpu) in local mode."""
     if mode == "host":
-        return instance_type
+        return None if serverless else instance_type
     return "local_gpu" if mode == "local" and nvidia_gpu_present() else "local"
 
 
@@ -372,27 +374,25 @@ def transform_in_process(model, input_dir, output_dir, content_type="application
     return written
 
 
-def transform_on_sagemaker(model, input_dir, output_dir, instance_type, bucket=None):
-    """Batch transform job (local or host): uploads input_dir (host), runs
-    ``model.transformer(...).transform(...)``, and brings the .out files to output_dir."""
-    from sagemaker.s3 import S3Downloader, S3Uploader
+def transform_locations(mode, input_dir, output_dir, session=None, bucket=None):
+    """(data, output_path) for ``transformer.transform``: file:// folders in local mode; in host
+    mode input_dir is uploaded to S3 and the output goes next to it."""
+    if mode != "host":
+        return f"file://{Path(input_dir).resolve()}", f"file://{Path(output_dir).resolve()}"
+    from sagemaker.s3 import S3Uploader
     from sagemaker.utils import name_from_base
 
-    session = model.sagemaker_session
-    job_name = name_from_base("cifar10-transform")
-    if instance_type.startswith("local"):
-        data, output_path = f"file://{Path(input_dir).resolve()}", f"file://{Path(output_dir)}"
-    else:
-        bucket = bucket or session.default_bucket()
-        data = S3Uploader.upload(str(input_dir), f"s3://{bucket}/{job_name}/input",
-                                 sagemaker_session=session)
-        output_path = f"s3://{bucket}/{job_name}/output"
-    transformer = model.transformer(instance_count=1, instance_type=instance_type,
-                                    strategy="SingleRecord", assemble_with="Line",
-                                    accept="application/jsonlines", output_path=output_path)
-    transformer.transform(data, content_type="application/jsonlines", split_type="Line",
-                          job_name=job_name, wait=True, logs=False)
+    prefix = f"s3://{bucket or session.default_bucket()}/{name_from_base('cifar10-transform')}"
+    data = S3Uploader.upload(str(input_dir), prefix + "/input", sagemaker_session=session)
+    return data, prefix + "/output"
+
+
+def fetch_transform_output(output_path, output_dir, session=None):
+    """The .out files of a finished transform job, in output_dir (downloaded from S3 in host
+    mode; local mode writes them there itself)."""
     if output_path.startswith("s3://"):
+        from sagemaker.s3 import S3Downloader
+
         S3Downloader.download(output_path, str(output_dir), sagemaker_session=session)
     return sorted(Path(output_dir).glob("*.out"))
 

@@ -3,21 +3,22 @@ image): the same HTTP contract on loopback, with the SavedModels run by TensorFl
 
     python -m workshop.tfs_standin [serve] [--model-dir /opt/ml/model] [--port 8080]
 
-The real container (aws/deep-learning-containers, tensorflow/inference/.../sagemaker/) runs nginx
-(with a JavaScript module that rewrites requests) in front of tensorflow_model_server, plus gunicorn +
-falcon for ``code/inference.py``. This stand-in keeps the contract and the Python stack (gunicorn,
-falcon) and replaces what is not on PyPI (nginx's njs, tensorflow_model_server):
+The real container (aws/deep-learning-containers, tensorflow/inference/.../sagemaker/) runs
+nginx (with a JavaScript module that rewrites requests) in front of tensorflow_model_server, plus
+gunicorn + falcon for ``code/inference.py``. This stand-in keeps the contract and the Python
+stack (gunicorn, falcon) and replaces what is not on PyPI (nginx's njs, tensorflow_model_server):
 
 - models: every ``<dir>/<version>/saved_model.pb`` (model name: the folder's name, ``model`` for
   ``/opt/ml/model``) and ``<dir>/<name>/<version>/``; all numeric versions load, the highest is the
   default; no bundle at all fails at start with "no SavedModel bundles found".
 - ``GET /ping``: 200 once the models are loaded.
 - ``POST /invocations``: Content-Type ``application/json`` / ``application/jsonlines`` /
-  ``application/jsons`` / ``text/csv`` (anything else: 415 ``{"error": "Unsupported Media Type: …"}``);
-  bodies with ``instances``/``inputs``/``examples`` pass through, a bare list becomes
-  ``{"instances": …}`` (wrapped once more unless it starts with ``[[``), JSON lines and CSV lines one
-  instance per line; header ``X-Amzn-SageMaker-Custom-Attributes`` with ``tfs-model-name``,
-  ``tfs-model-version``, ``tfs-method``.
+  ``application/jsons`` / ``text/csv`` (anything else: 415
+  ``{"error": "Unsupported Media Type: …"}``); bodies with ``instances``/``inputs``/``examples``
+  pass through, a bare list becomes ``{"instances": …}`` (wrapped once more unless it starts with
+  ``[[``), JSON lines and CSV lines one instance per line; header
+  ``X-Amzn-SageMaker-Custom-Attributes`` with ``tfs-model-name``, ``tfs-model-version``,
+  ``tfs-method``.
 - TF Serving's REST API (``/v1/models/<name>[/versions/<v>]:predict``, ``GET /v1/models/<name>``):
   ``instances`` -> ``{"predictions": …}``, ``inputs`` -> ``{"outputs": …}``, ``{"error": …}`` with
   400 (bad input, the model's own error text) or 404 (unknown model or version).
