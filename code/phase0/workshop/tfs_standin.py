@@ -274,6 +274,10 @@ class ModelServer:
                 raise ServingError(400, f"input '{name}' expects {dtype.name} values in "
                                         f"[{info.min}, {info.max}], got values from "
                                         f"{array.min()} to {array.max()}")
+        if not spec.shape.is_compatible_with(array.shape):
+            expected = [d if d is not None else -1 for d in spec.shape.as_list()]
+            raise ServingError(400, f"input '{name}' expects shape {expected} (-1: any), got "
+                                    f"{list(array.shape)}")
         return self.tf.constant(array.astype(dtype.as_numpy_dtype))
 
 
