@@ -8,6 +8,7 @@ Three real servers (gunicorn + falcon + TensorFlow) on loopback, each started on
 Every bad request is followed by a good one: the server must still serve.
 """
 
+import io
 import json
 import os
 import shutil
@@ -29,6 +30,7 @@ HTTP = urllib3.PoolManager()
 JSON = "application/json"
 
 INFERENCE_PY = '''
+import io
 import json
 
 
@@ -373,3 +375,26 @@ def test_server_refuses_to_start_without_models(tmp_path):
         env={**os.environ, "PYTHONPATH": str(PHASE0_DIR)})  # this checkout's workshop package
     assert started.returncode == 1
     assert f"{NO_MODELS} in {tmp_path / 'model'}" in started.stderr
+
+
+def test_inference_py_handler_or_nothing(tmp_path):
+    """``handler(data, context)`` is used as is; a script with neither form fails at start."""
+    code = tmp_path / "code"
+    code.mkdir()
+    (code / "inference.py").write_text(
+        "def handler(data, context):\n"
+        "    return data.read().upper(), context.accept_header\n")
+    context = tfs_standin.Context(*[None] * 8, "text/plain", 3)
+    handler = tfs_standin.load_handlers(tmp_path)
+    assert handler(io.BytesIO(b"abc"), context) == (b"ABC", "text/plain")
+    (code / "inference.py").write_text("def input_handler(data, context):\n    return data\n")
+    with pytest.raises(NotImplementedError, match="Handlers are not implemented correctly"):
+        tfs_standin.load_handlers(tmp_path)
+    assert tfs_standin.load_handlers(tmp_path / "elsewhere") is None  # no code/: TF Serving alone
+
+
+def test_classify_on_a_predict_signature_is_400(root_url, images):
+    status, reply, _ = post(root_url, {"instances": images[:1].tolist()},
+                            **{"X-Amzn-SageMaker-Custom-Attributes": "tfs-method=classify"})
+    assert status == 400 and "tensorflow/serving/classify" in reply["error"]
+    assert_still_serving(root_url, images)
