@@ -110,7 +110,7 @@ def root_predictor(saved_model, sdk_offline, tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def root_url(root_predictor):
-    return deploy._STANDINS[root_predictor.endpoint_name].url
+    return deploy.standin_of(root_predictor).url
 
 
 @pytest.fixture(scope="module")

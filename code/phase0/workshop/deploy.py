@@ -227,6 +227,11 @@ def serve_in_process(model, runs_dir=RUNS_DIR):
     return TensorFlowPredictor(name, sagemaker_session=session)
 
 
+def standin_of(predictor):
+    """The StandIn serving a predictor returned by serve_in_process."""
+    return _STANDINS[predictor.endpoint_name]
+
+
 def shut_down(mode, predictor=None, model=None):
     """Stop what serves the model: the stand-in (process), or the endpoint, its config and the
     model (local/host; host also prints the billable time). Safe when deploy never finished."""
@@ -353,8 +358,7 @@ def transform_in_process(model, input_dir, output_dir, content_type="application
     if split_type != "Line":
         raise ValueError(f"process-mode batch transform splits by line only, got {split_type!r}")
     predictor = serve_in_process(model, runs_dir)
-    standin = _STANDINS[predictor.endpoint_name]
-    client = LoopbackRuntimeClient(standin.port)
+    client = LoopbackRuntimeClient(standin_of(predictor).port)
     output_dir = Path(output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
     written = []

@@ -414,9 +414,12 @@ def main(argv=None):
     parser.add_argument("--model-dir", default=DEFAULT_MODEL_DIR)
     parser.add_argument("--port", type=int,
                         default=int(os.environ.get("SAGEMAKER_BIND_TO_PORT", DEFAULT_PORT)))
-    parser.add_argument("--host", default="127.0.0.1",
-                        help="0.0.0.0 inside a container; loopback by default")
+    parser.add_argument("--host", help="address to listen on; default: all interfaces when "
+                        "serving /opt/ml/model (inside a container, as the real one), else "
+                        "127.0.0.1")
     args = parser.parse_args(argv)
+    if args.host is None:
+        args.host = "0.0.0.0" if args.model_dir == DEFAULT_MODEL_DIR else "127.0.0.1"
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     try:
         serve(args.model_dir, args.port, args.host)
