@@ -1,6 +1,8 @@
 """Every notebook: committed clean with one `parameters` cell; executed headless with papermill
 against the fixture data, and its RESULT asserted."""
 
+import os
+
 import nbformat
 import pytest
 
@@ -9,6 +11,8 @@ from workshop.entry_points import BY_NOTEBOOK
 
 NOTEBOOKS = run_notebooks.notebooks()
 TRAINING_PARAMETERS = {"MODE", "DATA_DIR", "EPOCHS", "BATCH_SIZE", "LEARNING_RATE"}
+DEPLOY_PARAMETERS = {"MODE", "DATA_DIR", "MODEL_FROM", "BATCH_SIZE", "INSTANCE_TYPE", "SERVERLESS",
+                     "ROLE_ARN", "S3_BUCKET"}
 
 
 def test_the_workshop_has_its_notebooks():
@@ -17,7 +21,8 @@ def test_the_workshop_has_its_notebooks():
                      "1.1.Train-Scratch.ipynb", "1.2.Train_Keras_Local_Script_Mode.ipynb",
                      "2.1.Train_TF_Local_Script_Mode.ipynb", "1.5.Train_Keras_Horovod.ipynb",
                      "2.2.Train_TF_Horovod.ipynb", "3.1.Train-TF-DDP.ipynb",
-                     "3.2.Train-TF-MultiWorkerMirrored.ipynb", "5.0.Compare-Runs.ipynb"):
+                     "3.2.Train-TF-MultiWorkerMirrored.ipynb", "4.1.Deploy-Inference.ipynb",
+                     "5.0.Compare-Runs.ipynb"):
         assert expected in names
     assert names == sorted(names, key=lambda n: tuple(int(x) for x in n.split(".")[:2]))
 
@@ -31,7 +36,9 @@ def test_committed_notebook_is_clean_with_one_parameters_cell(path):
             assert cell.execution_count is None, f"{path.name} has execution counts"
     tagged = [c for c in notebook.cells if "parameters" in c.metadata.get("tags", [])]
     assert len(tagged) == 1, f"{path.name} needs exactly one cell tagged 'parameters'"
-    if path.name.startswith("1.1.") or path.name[:3] in BY_NOTEBOOK:  # training notebooks
+    if path.name.startswith("4."):
+        assert DEPLOY_PARAMETERS <= run_notebooks.parameter_names(path)
+    elif path.name.startswith("1.1.") or path.name[:3] in BY_NOTEBOOK:  # training notebooks
         assert TRAINING_PARAMETERS <= run_notebooks.parameter_names(path)
 
 
@@ -127,3 +134,38 @@ def test_unavailable_mode_fails_first_with_what_is_missing(tmp_path, cifar_data_
     assert not outcome["ok"]
     assert outcome["error"].startswith(f"ModeUnavailable: MODE='{mode}' needs")
     assert needs in outcome["error"]
+
+
+def test_4_1_serves_1_2s_model_in_process_mode(tmp_path, cifar_data_dir):
+    """Deploys the last 1.2 model on the TF Serving stand-in through the SDK's predictor."""
+    small = {"DATA_DIR": str(cifar_data_dir), "EPOCHS": 2, "BATCH_SIZE": 64}
+    if jobs.load_result("1.2") is None:  # the model to deploy
+        run(tmp_path / "1.2", "1.2", **small)
+    trained = jobs.load_result("1.2")
+    result, notebook = run(tmp_path, "4.1", DATA_DIR=str(cifar_data_dir), BATCH_SIZE=100)
+    # Same SavedModel, same 256 eval images: exactly the training job's metrics.json accuracy.
+    assert result["accuracy"] == pytest.approx(trained["eval_accuracy"], abs=1e-9)
+    assert result["transform_accuracy"] == result["accuracy"]
+    assert result["mode"] == "process" and result["requests"] == 3  # 256 images, 100 a request
+    assert 0 < result["p50_ms"] <= result["p95_ms"]
+    assert result["images_per_sec"] > 0
+    assert pictures(notebook) >= 2  # confusion matrix, worst mistakes
+    text = "".join(o.get("text", "") for c in notebook.cells for o in c.get("outputs", []))
+    assert "stopped the TF Serving stand-in" in text  # twice: endpoint and batch transform
+    outputs = sorted((RUNS_DIR / "4.1-deploy" / "transform-out").iterdir())
+    assert [p.name for p in outputs] == ["eval.jsonl.out"]
+    assert len(outputs[0].read_text().splitlines()) == 3  # one reply per input line
+
+
+def test_4_1_local_mode_fails_first_without_docker(tmp_path, cifar_data_dir, monkeypatch):
+    """The preflight before the SDK's local-mode deploy. The kernel inherits a PATH without any
+    `docker`, so the test means the same on a machine where a Docker engine happens to run."""
+    without_docker = [d for d in os.environ["PATH"].split(os.pathsep)
+                      if d and not os.path.exists(os.path.join(d, "docker"))]
+    monkeypatch.setenv("PATH", os.pathsep.join(without_docker))
+    path = next(p for p in NOTEBOOKS if p.name.startswith("4.1."))
+    outcome = run_notebooks.execute(path, {"MODE": "local", "DATA_DIR": str(cifar_data_dir)},
+                                    output_dir=tmp_path)
+    assert not outcome["ok"]
+    assert outcome["error"].startswith("ModeUnavailable: MODE='local' needs")
+    assert "no `docker` command" in outcome["error"]

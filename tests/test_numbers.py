@@ -16,7 +16,6 @@ from workshop.entry_points import ENTRY_POINTS
 README = PHASE0_DIR.parents[1] / "README.md"
 # 60,000  2.15.1  32x32  32/64/128  0..9 ; not inside words (CIFAR-10, py312, ml.p3.2xlarge, TF2)
 NUMBER = re.compile(r"(?<![\w.#/-])\d[\d,]*(?:(?:\.\.|[./x])\d+)*(?![\w/-])")
-FORWARD = {"4.1"}  # 4.1.Deploy-Inference.ipynb, which 1.0 refers to, lands with issue 8
 
 
 def numbers_in(text):
@@ -42,7 +41,7 @@ def names():
     notebooks = {".".join(p.name.split(".")[:2]) for p in run_notebooks.notebooks()}
     versions = {e.framework_version for e in ENTRY_POINTS}
     pythons = {e.py_version[2] + "." + e.py_version[3:] for e in ENTRY_POINTS}
-    return notebooks | FORWARD | versions | pythons
+    return notebooks | versions | pythons
 
 
 def test_the_pattern_finds_figures_and_skips_names():

@@ -397,11 +397,14 @@ def headline(result):
 def save_result(notebook, result, runs_dir=None):
     """Remember a run: its headline as the notebook's latest (runs/results/<notebook>.json, for
     the distributed notebooks' comparison) and as one record of every run this machine has made
-    (runs/results/runs/<job>.json, for 5.0). Returns the record's path."""
+    (runs/results/runs/<job>.json, for 5.0), with its model.tar.gz for 4.1. Returns the record's
+    path."""
     results = Path(runs_dir or RUNS_DIR) / "results"
     (results / "runs").mkdir(parents=True, exist_ok=True)
-    write_json_atomic(results / f"{notebook}.json", {"notebook": notebook, **headline(result)})
-    record = {"notebook": notebook, **headline(result),
+    artifact = str(result.model_artifact) if result.model_artifact else None  # 4.1 deploys it
+    write_json_atomic(results / f"{notebook}.json",
+                      {"notebook": notebook, **headline(result), "model_artifact": artifact})
+    record = {"notebook": notebook, **headline(result), "model_artifact": artifact,
               "instance_type": result.instance_type, "instance_count": result.instance_count,
               "spot": result.spot, "training_seconds": result.training_seconds,
               "billable_seconds": result.billable_seconds,
