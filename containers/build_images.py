@@ -109,7 +109,8 @@ def make_context(name, python, horovod):
     wheels.mkdir(parents=True)
     interpreter = python / "bin" / "python3"
     requirements = HERE / f"{name}.txt"
-    run([interpreter, "-m", "pip", "wheel", "-q", "--wheel-dir", wheels, "-r", requirements])
+    run([interpreter, "-m", "pip", "wheel", "-q", "--use-pep517", "--wheel-dir", wheels,
+         "-r", requirements])
     if horovod:
         run([interpreter, "-m", "pip", "download", "-q", "--no-deps", "--no-binary", ":all:",
              "--dest", wheels, f"horovod=={horovod}"])
