@@ -11,10 +11,11 @@ import subprocess
 import tarfile
 
 import nbformat
+import numpy as np
 import pytest
 from aws_fixtures import sdk_offline  # noqa: F401  (telemetry off: nothing leaves the machine)
 
-from workshop import RUNS_DIR, dataset, inference, jobs, run_notebooks
+from workshop import PHASE0_DIR, RUNS_DIR, SRC_DIR, dataset, inference, jobs, run_notebooks
 
 IMAGES = {  # the ECR URI the SDK resolves -> what the real image carries (platform-facts.md)
     "tensorflow-training:2.19-cpu-py312": {"python": "3.12", "tensorflow": "2.19.0",
@@ -63,12 +64,13 @@ def run_notebook(tmp_path, prefix, **parameters):
     return outcome["result"], text
 
 
-def served_accuracy(model_tar, data_dir):
-    """Accuracy of model.tar.gz's serving signature on the eval split (as an endpoint would)."""
-    with tarfile.open(model_tar) as tar:
-        names = tar.getnames()
-    assert "1/saved_model.pb" in names and not any("checkpoint" in n for n in names), names
-    signature = inference.load_signature(model_tar)
+def served_accuracy(artifact, data_dir):
+    """Accuracy of a model's serving signature on the eval split (as an endpoint would)."""
+    if tarfile.is_tarfile(artifact):
+        with tarfile.open(artifact) as tar:
+            names = tar.getnames()
+        assert "1/saved_model.pb" in names and not any("checkpoint" in n for n in names), names
+    signature = inference.load_signature(artifact)
     images, labels = dataset.read_examples(data_dir, "eval", count=None)
     return float((inference.predict_classes(signature, images) == labels).mean())
 
@@ -142,3 +144,35 @@ def test_entry_point_in_its_image(sdk_offline, cifar_data_dir, capfd, script, ve
     assert metrics["tensorflow"].startswith(version)
     if count > 1:
         check_ranks(text, count)
+
+
+def run_in_image(image, script, data_dir, out_dir, *args, harness=None):
+    """Run an entry point directly in an image (no SageMaker), data read-only, no network."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    mounts = ["-v", f"{SRC_DIR}:/code:ro", "-v", f"{data_dir}:/data:ro", "-v",
+              f"{out_dir}:/out"]
+    if harness:
+        mounts += ["-v", f"{harness}:/harness:ro", "-e", "PYTHONPATH=/harness"]
+    argv = ["docker", "run", "--rm", "--network", "none", *mounts, "-w", "/code",
+            REGISTRY + image, "python", script, "--train", "/data/train",
+            "--validation", "/data/validation", "--eval", "/data/eval",
+            "--sm-model-dir", "/out/model", "--output-data-dir", "/out/output", *args]
+    return subprocess.run(argv, capture_output=True, text=True, timeout=900)
+
+
+def test_mwms_with_two_replicas_per_worker_keeps_batch_norm_finite(cifar_data_dir, tmp_path):
+    """A worker with two GPUs on the Keras 3 image, over a batch count that two replicas cannot
+    share evenly (1,024 records / 36 = 29 batches): no replica may get an empty batch. Before
+    the fix the second epoch logged `loss: nan` and the model predicted one class."""
+    harness = PHASE0_DIR.parent.parent / "tests" / "two_replica_worker"
+    done = run_in_image("tensorflow-training:2.19-cpu-py312", "train_tf_mwms.py", cifar_data_dir,
+                        tmp_path, "--epochs", "3", "--batch-size", "36",
+                        "--learning-rate", "0.02", harness=harness)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "worker 0/1" in done.stdout
+    metrics = json.loads((tmp_path / "output" / "metrics.json").read_text())
+    assert metrics["workers"] == 2  # replicas in sync: the harness took effect
+    assert np.isfinite(metrics["eval_loss"]) and metrics["eval_accuracy"] > 0.3
+    assert served_accuracy(tmp_path / "model", cifar_data_dir) == pytest.approx(
+        metrics["eval_accuracy"], abs=0.01)
+
