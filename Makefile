@@ -11,7 +11,7 @@ WORKSHOP_EPOCHS ?= 3
 HOROVOD_FLAGS := HOROVOD_WITH_TENSORFLOW=1 HOROVOD_WITHOUT_PYTORCH=1 HOROVOD_WITHOUT_MXNET=1 \
                  HOROVOD_WITH_GLOO=1 HOROVOD_WITH_MPI=1 MAKEFLAGS=-j2
 
-.PHONY: setup workshop test lint bench clean
+.PHONY: setup workshop test lint bench clean local-images
 
 setup: $(VENV)/.done .venv-keras3/.done .venv-toolkit/.done
 
@@ -46,13 +46,25 @@ $(VENV)/.done: .apt.done requirements.txt requirements-test.txt constraints.txt
 	.venv-toolkit/bin/pip install -q -r requirements-toolkit.txt
 	touch $@
 
+# MODE="local": a Docker engine, docker-compose, and the stand-in SageMaker training images
+# (containers/build_images.py; built once, a second run checks fingerprints in seconds).
+LOCAL_MODE_APT := docker.io docker-compose debootstrap
+local-images: $(VENV)/.done
+	@if dpkg -s $(LOCAL_MODE_APT) >/dev/null 2>&1; then \
+	  echo "apt: docker.io, docker-compose, debootstrap present"; \
+	else \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $(LOCAL_MODE_APT); \
+	fi
+	containers/dockerd.sh start
+	$(BIN)/python containers/build_images.py
+
 workshop: setup
 	$(BIN)/python -m workshop.run_notebooks --kernel $(KERNEL) --epochs $(WORKSHOP_EPOCHS)
 
 lint: $(VENV)/.done
 	$(BIN)/ruff check .
 
-test: setup lint
+test: setup lint local-images
 	$(BIN)/python -m pytest -q -p no:cacheprovider tests
 
 bench: setup

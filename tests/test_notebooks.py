@@ -56,12 +56,12 @@ def pictures(notebook):
     return sum("image/png" in o.get("data", {}) for o in outputs)
 
 
-def test_0_0_reports_versions_and_modes_without_aws_or_docker(tmp_path):
+def test_0_0_reports_versions_and_modes_without_aws(tmp_path):
     result, _ = run(tmp_path, "0.0", INSTALL=False)
     assert result["tensorflow"] == "2.15.1" and result["keras"].startswith("2.")
     assert result["horovod"] == "0.28.1"
     assert result["modes"]["process"] is True
-    assert result["modes"]["local"] is False  # no Docker engine on this machine
+    assert result["modes"]["local"] is True  # make test starts a Docker engine (local-images)
     assert result["modes"]["host"] is False  # no AWS credentials here
 
 
@@ -126,8 +126,19 @@ def test_5_0_compares_every_recorded_run(tmp_path, cifar_data_dir):
     assert pictures(notebook) == 1
 
 
-@pytest.mark.parametrize("mode, needs", [("local", "Docker"), ("host", "needs AWS credentials")])
-def test_unavailable_mode_fails_first_with_what_is_missing(tmp_path, cifar_data_dir, mode, needs):
+@pytest.fixture
+def no_docker(monkeypatch):
+    """The kernel inherits a PATH without any `docker`: a machine without Docker, even where a
+    Docker engine runs (make test starts one for the local-mode tests)."""
+    without_docker = [d for d in os.environ["PATH"].split(os.pathsep)
+                      if d and not os.path.exists(os.path.join(d, "docker"))]
+    monkeypatch.setenv("PATH", os.pathsep.join(without_docker))
+
+
+@pytest.mark.parametrize("mode, needs", [("local", "no `docker` command"),
+                                         ("host", "needs AWS credentials")])
+def test_unavailable_mode_fails_first_with_what_is_missing(tmp_path, cifar_data_dir, no_docker,
+                                                           mode, needs):
     path = next(p for p in NOTEBOOKS if p.name.startswith("1.2."))
     outcome = run_notebooks.execute(path, {"MODE": mode, "DATA_DIR": str(cifar_data_dir)},
                                     output_dir=tmp_path)
@@ -157,12 +168,8 @@ def test_4_1_serves_1_2s_model_in_process_mode(tmp_path, cifar_data_dir):
     assert len(outputs[0].read_text().splitlines()) == 3  # one reply per input line
 
 
-def test_4_1_local_mode_fails_first_without_docker(tmp_path, cifar_data_dir, monkeypatch):
-    """The preflight before the SDK's local-mode deploy. The kernel inherits a PATH without any
-    `docker`, so the test means the same on a machine where a Docker engine happens to run."""
-    without_docker = [d for d in os.environ["PATH"].split(os.pathsep)
-                      if d and not os.path.exists(os.path.join(d, "docker"))]
-    monkeypatch.setenv("PATH", os.pathsep.join(without_docker))
+def test_4_1_local_mode_fails_first_without_docker(tmp_path, cifar_data_dir, no_docker):
+    """The preflight before the SDK's local-mode deploy."""
     path = next(p for p in NOTEBOOKS if p.name.startswith("4.1."))
     outcome = run_notebooks.execute(path, {"MODE": "local", "DATA_DIR": str(cifar_data_dir)},
                                     output_dir=tmp_path)

@@ -101,3 +101,32 @@ def test_saved_model_serves_raw_images_by_name(tmp_path, monkeypatch, has_export
     assert outputs["class_id"].dtype == tf.int32 and outputs["class_id"].shape == (4,)
     np.testing.assert_allclose(outputs["probabilities"].numpy(),
                                tf.nn.softmax(model(images, training=False)).numpy(), atol=1e-5)
+
+
+def test_legacy_optimizer_for_old_horovod_trains_exactly_like_the_default_one():
+    """Horovod 0.27 (TF 2.12 image) takes only legacy optimizers; the legacy SGD must keep the
+    recipe: Nesterov momentum, decoupled weight decay, the one-cycle schedule."""
+    from cifar.distributed import horovod_needs_legacy_optimizer
+
+    assert horovod_needs_legacy_optimizer("0.27.0") and horovod_needs_legacy_optimizer("0.26.1")
+    assert not horovod_needs_legacy_optimizer("0.28.1")
+    rng = np.random.default_rng(0)
+    start = rng.normal(size=(6, 3)).astype("float32")
+    gradients = [rng.normal(size=(6, 3)).astype("float32") for _ in range(8)]
+    final = {}
+    for legacy in (False, True):
+        variable = tf.Variable(start)
+        optimizer = cnn.build_optimizer(0.5, total_steps=8, warmup_steps=2, momentum=0.9,
+                                        weight_decay=0.05,
+                                        legacy=legacy)
+        state = cnn.build_optimizer_state(optimizer, [variable])
+        assert state, "the optimizer's slots exist before the first step (to broadcast)"
+        rates = []
+        for gradient in gradients:
+            rates.append(cnn.current_learning_rate(optimizer))
+            optimizer.apply_gradients([(tf.constant(gradient), variable)])
+        final[legacy] = (variable.numpy(), rates)
+    np.testing.assert_allclose(final[True][0], final[False][0], rtol=1e-5, atol=1e-6)
+    schedule = cnn.OneCycle(0.5, 8, 8 / 5)  # the legacy optimizer reports the next step's rate
+    np.testing.assert_allclose(final[True][1], [float(schedule(s)) for s in range(8)], rtol=1e-6)
+    assert not np.allclose(final[False][0], start)

@@ -15,6 +15,7 @@ import tensorflow as tf
 
 # Horovod: imported after TensorFlow, so that TF 2.15 exits without errors (Horovod's cached
 # tf.functions are then freed before TensorFlow's modules are).
+import horovod  # isort: skip  # Horovod:
 import horovod.tensorflow.keras as hvd  # isort: skip  # Horovod:
 
 from cifar import data, distributed, serving  # Horovod: + distributed
@@ -46,7 +47,9 @@ model = cnn.build_model()
 peak_lr = args.learning_rate * hvd.size()  # Horovod: size x the batch, size x the learning rate
 optimizer = cnn.build_optimizer(peak_lr, total_steps=steps * args.epochs,  # Horovod: peak_lr
                                 warmup_steps=steps * args.warmup_epochs,
-                                momentum=args.momentum, weight_decay=args.weight_decay)
+                                momentum=args.momentum, weight_decay=args.weight_decay,  # Horovod:
+                                legacy=distributed.horovod_needs_legacy_optimizer(  # Horovod:
+                                    horovod.__version__))  # Horovod: 0.27 in the TF 2.12 image
 optimizer = hvd.DistributedOptimizer(optimizer)  # Horovod: gradients averaged over ranks
 model.compile(optimizer=optimizer, loss=cnn.loss_fn(args.label_smoothing),
               metrics=[tf.keras.metrics.SparseCategoricalAccuracy(name="accuracy")])
@@ -58,8 +61,8 @@ epochs_done, history = checkpoints.restore()
 # Horovod: rank 0's epoch count, weights and optimizer state (restored or new) go to all ranks,
 # before the first step (hvd.callbacks.BroadcastGlobalVariablesCallback does it after it).
 epochs_done = int(hvd.broadcast(epochs_done, root_rank=0))  # Horovod:
-optimizer.build(model.trainable_variables)  # Horovod: the optimizer state exists, to broadcast
-for variable in model.variables + optimizer.variables:  # Horovod:
+optimizer_state = cnn.build_optimizer_state(optimizer, model.trainable_variables)  # Horovod:
+for variable in model.variables + optimizer_state:  # Horovod: weights and optimizer state
     variable.assign(hvd.broadcast(variable, root_rank=0))  # Horovod:
 log = TrainingLog(args.output_data_dir, args.epochs, history,  # Horovod: rank 0 prints, writes
                   chief=chief, workers=hvd.size())  # Horovod:
@@ -71,7 +74,8 @@ timer = EpochTimer()
 
 def end_of_epoch(epoch, logs):
     log.epoch(epoch + 1, logs["loss"], logs["accuracy"], logs["val_loss"], logs["val_accuracy"],
-              optimizer.learning_rate, timer.seconds(), shard_records * hvd.size())  # Horovod:
+              cnn.current_learning_rate(optimizer), timer.seconds(),  # Horovod: legacy too
+              shard_records * hvd.size())  # Horovod: images of all ranks
     checkpoints.save(epoch + 1, log.history)
 
 

@@ -105,8 +105,8 @@ checkpoints = EpochCheckpoints(args.checkpoint_dir, model, optimizer, enabled=ch
 epochs_done, history = checkpoints.restore()
 # SMDDP: rank 0's epoch count, weights and optimizer state (restored or new) go to all ranks.
 epochs_done = int(sdp.broadcast(tf.constant(epochs_done), root_rank=0))  # SMDDP:
-optimizer.build(model.trainable_variables)  # SMDDP: the optimizer state exists, to broadcast
-sdp.broadcast_variables(model.variables + optimizer.variables, root_rank=0)  # SMDDP:
+optimizer_state = cnn.build_optimizer_state(optimizer, model.trainable_variables)  # SMDDP:
+sdp.broadcast_variables(model.variables + optimizer_state, root_rank=0)  # SMDDP:
 log = TrainingLog(args.output_data_dir, args.epochs, history,  # SMDDP: rank 0 prints, writes
                   chief=chief, workers=sdp.size())  # SMDDP:
 if epochs_done:

@@ -91,8 +91,8 @@ checkpoints = EpochCheckpoints(args.checkpoint_dir, model, optimizer, enabled=ch
 epochs_done, history = checkpoints.restore()
 # Horovod: rank 0's epoch count, weights and optimizer state (restored or new) go to all ranks.
 epochs_done = int(hvd.broadcast(epochs_done, root_rank=0))  # Horovod:
-optimizer.build(model.trainable_variables)  # Horovod: the optimizer state exists, to broadcast
-hvd.broadcast_variables(model.variables + optimizer.variables, root_rank=0)  # Horovod:
+optimizer_state = cnn.build_optimizer_state(optimizer, model.trainable_variables)  # Horovod:
+hvd.broadcast_variables(model.variables + optimizer_state, root_rank=0)  # Horovod:
 log = TrainingLog(args.output_data_dir, args.epochs, history,  # Horovod: rank 0 prints, writes
                   chief=chief, workers=hvd.size())  # Horovod:
 if epochs_done:

@@ -44,7 +44,11 @@ evaluation = data.make_dataset(args.eval, args.batch_size, training=False, chann
 train_records = data.count_records(args.train, "train")
 shard_records = train_records // workers  # MWMS: records per worker and epoch
 replicas = strategy.num_replicas_in_sync  # MWMS: GPUs of all workers (one per worker on CPUs)
-steps = data.steps_per_epoch(shard_records, args.batch_size * replicas // workers)  # MWMS:
+local_replicas = replicas // workers  # MWMS: this worker's replicas take its batches in turn
+# MWMS: training takes whole rounds of batches only: a replica left with an empty batch would
+# write NaN into Keras 3's batch-norm statistics (Keras 2 guards it), and the mean spreads it.
+steps = data.steps_per_epoch(shard_records, args.batch_size) // local_replicas or 1  # MWMS:
+train = train.take(steps * local_replicas)  # MWMS:
 # MWMS: tf.distribute takes the datasets as they are: no auto-sharding, batches per replica.
 train = distributed.mwms_dataset(strategy, train)  # MWMS:
 validation = distributed.mwms_dataset(strategy, validation)  # MWMS:
@@ -57,7 +61,7 @@ with strategy.scope():  # MWMS: variables created here are mirrored on every rep
                                     warmup_steps=steps * args.warmup_epochs,  # MWMS: (in scope)
                                     momentum=args.momentum,  # MWMS: (in scope)
                                     weight_decay=args.weight_decay)  # MWMS: (in scope)
-    optimizer.build(model.trainable_variables)  # MWMS: the optimizer state, mirrored too
+    cnn.build_optimizer_state(optimizer, model.trainable_variables)  # MWMS: mirrored state
     loss_fn = cnn.loss_fn(args.label_smoothing)  # MWMS: (in scope)
     mean_loss = tf.keras.metrics.Mean()  # MWMS: metrics sum over all replicas
     accuracy = tf.keras.metrics.SparseCategoricalAccuracy()  # MWMS: (in scope)
@@ -68,7 +72,8 @@ def train_step(images, labels):
     with tf.GradientTape() as tape:
         logits = model(images, training=True)  # dropout and batch-norm statistics on
         per_example = loss_fn(labels, logits)  # MWMS:
-        loss = tf.nn.compute_average_loss(per_example)  # MWMS: sum / global batch (all replicas)
+        loss = tf.nn.compute_average_loss(  # MWMS: sum / global batch (all replicas)
+            per_example, global_batch_size=args.batch_size * replicas)  # MWMS: also when partial
     gradients = tape.gradient(loss, model.trainable_variables)
     optimizer.apply_gradients(zip(gradients, model.trainable_variables))
     mean_loss.update_state(per_example)  # MWMS: every example's loss
@@ -78,8 +83,7 @@ def train_step(images, labels):
 @tf.function
 def test_step(images, labels):
     logits = model(images, training=False)
-    batch_loss = tf.reduce_mean(loss_fn(labels, logits))
-    mean_loss.update_state(batch_loss, sample_weight=tf.shape(labels)[0])  # exact over a split
+    mean_loss.update_state(loss_fn(labels, logits))  # MWMS: per example: a batch may be empty
     accuracy.update_state(labels, logits)
 
 

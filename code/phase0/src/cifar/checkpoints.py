@@ -9,6 +9,8 @@ import json
 
 import tensorflow as tf
 
+from .model import build_optimizer_state
+
 
 class EpochCheckpoints:
     def __init__(self, directory, model, optimizer, enabled=True):
@@ -16,7 +18,7 @@ class EpochCheckpoints:
         self.epoch = tf.Variable(0, dtype=tf.int64, trainable=False)
         self.history = tf.Variable("[]", dtype=tf.string, trainable=False)
         if self.enabled:
-            optimizer.build(model.trainable_variables)  # Keras 3 creates slots lazily
+            build_optimizer_state(optimizer, model.trainable_variables)  # slots exist to restore
             self.checkpoint = tf.train.Checkpoint(
                 model=model, optimizer=optimizer, epoch=self.epoch, history=self.history)
             self.manager = tf.train.CheckpointManager(self.checkpoint, directory, max_to_keep=2)

@@ -24,6 +24,14 @@ def pin_gpu(local_rank):
         tf.config.experimental.set_visible_devices(gpus[local_rank], "GPU")
 
 
+def horovod_needs_legacy_optimizer(horovod_version):
+    """Horovod before 0.28 (0.27.0 in the TF 2.12 training image) takes only legacy Keras
+    optimizers in ``DistributedOptimizer`` on Keras 2.11+ ("Optimizer has to be an instance of
+    tensorflow.keras.optimizers.legacy.Optimizer"); 0.28 lifted that."""
+    major, minor = (int(part) for part in horovod_version.split(".")[:2])
+    return (major, minor) < (0, 28)
+
+
 def average_local_statistics(model, average):
     """Replace batch-norm moving statistics by their average over all workers.
 

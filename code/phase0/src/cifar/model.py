@@ -69,15 +69,56 @@ class OneCycle(keras.optimizers.schedules.LearningRateSchedule):
                 "warmup_steps": self.warmup_steps}
 
 
-def build_optimizer(learning_rate, total_steps, warmup_steps, momentum, weight_decay):
+def build_optimizer(learning_rate, total_steps, warmup_steps, momentum, weight_decay,
+                    legacy=False):
     """SGD with Nesterov momentum, decoupled weight decay and the one-cycle schedule.
 
     Warm-up takes at most a fifth of training, so that short runs still anneal. No defaults
     here: the recipe's values are the flags' (sagemaker_args.RECIPE_DEFAULTS).
+    ``legacy``: a ``tf.keras.optimizers.legacy`` SGD with the same decoupled weight decay, for
+    Horovod < 0.28, whose DistributedOptimizer accepts nothing else on Keras 2.11 and later
+    (the TF 2.12 training image has Horovod 0.27.0). Keras 2 only.
     """
     schedule = OneCycle(learning_rate, total_steps, min(warmup_steps, total_steps / 5))
+    if legacy:
+        return _legacy_sgdw(schedule, momentum, weight_decay)
     return keras.optimizers.SGD(learning_rate=schedule, momentum=momentum, nesterov=True,
                                 weight_decay=weight_decay)
+
+
+def _legacy_sgdw(schedule, momentum, weight_decay):
+    """Legacy SGD plus Keras' decoupled decay (``w -= lr * weight_decay * w``, then the update)."""
+
+    class SGDW(keras.optimizers.legacy.SGD):
+        def _resource_apply_dense(self, grad, var, apply_state=None):
+            lr = self._decayed_lr(var.dtype.base_dtype)
+            with tf.control_dependencies([var.assign_sub(var * lr * weight_decay)]):
+                return super()._resource_apply_dense(grad, var, apply_state)
+
+    return SGDW(learning_rate=schedule, momentum=momentum, nesterov=True)
+
+
+def build_optimizer_state(optimizer, variables):
+    """Create the optimizer's slots now and return all of its variables.
+
+    Keras 3 and the legacy optimizers create slots lazily, at the first step; distributed
+    scripts broadcast them and checkpoints restore them before that. On Keras 2.11
+    ``optimizer.variables`` is a method, from 2.12 on a property.
+    """
+    if hasattr(optimizer, "build"):
+        optimizer.build(variables)
+    else:  # a legacy optimizer
+        optimizer._create_all_weights(variables)
+    state = optimizer.variables
+    return list(state() if callable(state) else state)
+
+
+def current_learning_rate(optimizer):
+    """The learning rate of the next step as a float (a legacy optimizer returns its schedule)."""
+    rate = optimizer.learning_rate
+    if isinstance(rate, keras.optimizers.schedules.LearningRateSchedule):
+        rate = rate(optimizer.iterations)
+    return float(tf.convert_to_tensor(rate))
 
 
 def loss_fn(label_smoothing):

@@ -10,6 +10,9 @@ import tensorflow as tf
 from .data import IMAGE_SHAPE
 
 MODEL_VERSION = "1"  # TF Serving loads <model dir>/<version>/
+# Serving needs no gradients; tracing them fails for a model whose optimizer is Horovod 0.27's
+# legacy DistributedOptimizer (TF 2.12 image: "Mismatching ReplicaContext").
+SAVE_OPTIONS = tf.saved_model.SaveOptions(experimental_custom_gradients=False)
 
 
 def save_for_serving(model, model_dir):
@@ -21,6 +24,9 @@ def save_for_serving(model, model_dir):
     partial = final + ".partial"
     shutil.rmtree(partial, ignore_errors=True)
     signature = [tf.TensorSpec((None,) + IMAGE_SHAPE, tf.uint8, name="image")]
+    # The same layers and weights without the optimizer and compiled train function, which
+    # serving does not need and some cannot save (Horovod 0.27's DistributedOptimizer).
+    model = tf.keras.Model(model.inputs, model.outputs, name=model.name)
 
     def serve(image):
         logits = model(image, training=False)
@@ -30,7 +36,7 @@ def save_for_serving(model, model_dir):
     if hasattr(tf.keras, "export"):  # Keras 2.12+ and Keras 3
         write_export_archive(model, serve, signature, partial)
     else:  # TF 2.11 (the SMDDP image): Keras 2 models save with tf.saved_model directly
-        tf.saved_model.save(model, partial, signatures={
+        tf.saved_model.save(model, partial, options=SAVE_OPTIONS, signatures={
             "serving_default": tf.function(serve, input_signature=signature)})
     shutil.rmtree(final, ignore_errors=True)
     os.replace(partial, final)
@@ -44,4 +50,4 @@ def write_export_archive(model, serve, signature, path):
     archive.track(model)
     archive.add_endpoint(name="serving_default", fn=serve, input_signature=signature)
     with contextlib.redirect_stdout(io.StringIO()):  # Keras lists every captured tensor
-        archive.write_out(path)
+        archive.write_out(path, options=SAVE_OPTIONS)

@@ -1,0 +1,172 @@
+"""Build the stand-in SageMaker TensorFlow training images, offline, tagged with the ECR URIs
+that the SageMaker Python SDK resolves, so that local mode (``instance_type="local"``) runs them.
+
+  python containers/build_images.py [--only training-2.19-py312 ...]
+
+1. A Debian bookworm base image from Debian's packages (debootstrap --variant=minbase, then
+   ``docker import``): no registry is needed.
+2. Per image: the Python of the real image (same minor version) copied from pyenv, and a
+   wheelhouse made on this machine with that interpreter (pip's cache makes a rebuild cheap),
+   so ``docker build`` needs no PyPI access; Horovod is compiled inside the image.
+3. Each image is labelled with a fingerprint of everything it is built from; when the tagged
+   image already carries it, nothing is done (a second run takes seconds).
+
+A user with ECR access pulls the real images under the same names; these are not them (see the
+README's "Local mode" section for what differs).
+"""
+
+import argparse
+import hashlib
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+ROOT = HERE.parent
+BUILD = ROOT / "build" / "images"
+BASE_TAG = "workshop/debian-bookworm:minbase"
+DEBIAN_MIRROR = "http://deb.debian.org/debian"
+FINGERPRINT_LABEL = "workshop.fingerprint"
+REGION = "us-east-1"  # the notebooks' default region for local mode
+
+# What the real images carry beyond TF and Python (platform-facts.md): Horovod by TF version.
+HOROVOD = {"2.12": "0.27.0", "2.11": "0.26.1"}
+
+
+def training_images():
+    """{name: (TF version, py version, pyenv minor version, Horovod version or None)}, one per
+    image an entry point of the registry (code/phase0/workshop/entry_points.py) names."""
+    sys.path.insert(0, str(ROOT / "code" / "phase0"))
+    from workshop.entry_points import ENTRY_POINTS
+
+    return {f"training-{e.framework_version}-{e.py_version}":
+            (e.framework_version, e.py_version, e.py_version[2] + "." + e.py_version[3:],
+             HOROVOD.get(e.framework_version)) for e in ENTRY_POINTS}
+
+
+IMAGES = training_images()
+
+
+def image_uri(framework_version, py_version):
+    """The tag the SDK resolves for a CPU local-mode job: exactly what the notebooks pull."""
+    os.environ.setdefault("SAGEMAKER_SUPPRESS_V2_WARNING", "1")
+    from sagemaker import image_uris
+
+    return image_uris.retrieve("tensorflow", region=REGION, version=framework_version,
+                               py_version=py_version, instance_type="local",
+                               image_scope="training")
+
+
+def run(command, **kwargs):
+    print("+ " + " ".join(str(c) for c in command), flush=True)
+    subprocess.run([str(c) for c in command], check=True, **kwargs)
+
+
+def docker_output(*args):
+    out = subprocess.run(["docker", *args], capture_output=True, text=True)
+    return out.stdout.strip() if out.returncode == 0 else None
+
+
+def ensure_base():
+    image_id = docker_output("image", "inspect", "--format", "{{.Id}}", BASE_TAG)
+    if image_id:
+        return image_id
+    if not shutil.which("debootstrap"):
+        sys.exit("debootstrap is missing: apt-get install debootstrap (make local-images does)")
+    BUILD.mkdir(parents=True, exist_ok=True)
+    rootfs = Path(tempfile.mkdtemp(prefix="rootfs-", dir=BUILD))
+    try:
+        run(["debootstrap", "--variant=minbase", "bookworm", rootfs, DEBIAN_MIRROR],
+            stdout=subprocess.DEVNULL)
+        tar = subprocess.Popen(["tar", "-C", rootfs, "-c", "."], stdout=subprocess.PIPE)
+        run(["docker", "import", "-", BASE_TAG], stdin=tar.stdout)
+        if tar.wait() != 0:
+            sys.exit("tar of the debootstrap root failed")
+    finally:
+        shutil.rmtree(rootfs, ignore_errors=True)
+    return docker_output("image", "inspect", "--format", "{{.Id}}", BASE_TAG)
+
+
+def find_python(minor):
+    """The newest pyenv interpreter of a minor version, e.g. 3.10 -> ~/.pyenv/versions/3.10.13."""
+    root = Path(os.environ.get("PYENV_ROOT", Path.home() / ".pyenv")) / "versions"
+    found = sorted((p for p in root.glob(f"{minor}.*") if p.name[len(minor) + 1:].isdigit()),
+                   key=lambda p: int(p.name.rsplit(".", 1)[1]))
+    if not found:
+        sys.exit(f"Python {minor} is needed for its image: `pyenv install {minor}` "
+                 f"(looked in {root})")
+    return found[-1]
+
+
+def fingerprint(name, python, horovod, base_id):
+    digest = hashlib.sha256()
+    for part in ((HERE / "Dockerfile.training").read_bytes(),
+                 (HERE / f"{name}.txt").read_bytes(), python.name.encode(),
+                 str(horovod).encode(), base_id.encode()):
+        digest.update(part)
+    return digest.hexdigest()[:16]
+
+
+def make_context(name, python, horovod):
+    """Dockerfile, requirements, wheelhouse and interpreter in build/images/<name>/."""
+    context = BUILD / name
+    shutil.rmtree(context, ignore_errors=True)
+    wheels = context / "wheels"
+    wheels.mkdir(parents=True)
+    interpreter = python / "bin" / "python3"
+    requirements = HERE / f"{name}.txt"
+    run([interpreter, "-m", "pip", "wheel", "-q", "--use-pep517", "--wheel-dir", wheels,
+         "-r", requirements])
+    if horovod:
+        run([interpreter, "-m", "pip", "download", "-q", "--no-deps", "--no-binary", ":all:",
+             "--dest", wheels, f"horovod=={horovod}"])
+    shutil.copy(HERE / "Dockerfile.training", context / "Dockerfile")
+    shutil.copy(requirements, context / "requirements.txt")
+    # The sandbox's own certificate hook is not part of the interpreter.
+    shutil.copytree(python, context / "python", symlinks=True,
+                    ignore=shutil.ignore_patterns("_sandboxing_*", "__pycache__"))
+    return context
+
+
+def build(name, base_id):
+    framework_version, py_version, minor, horovod = IMAGES[name]
+    tag = image_uri(framework_version, py_version)
+    python = find_python(minor)
+    wanted = fingerprint(name, python, horovod, base_id)
+    have = docker_output("image", "inspect", "--format",
+                         "{{index .Config.Labels \"%s\"}}" % FINGERPRINT_LABEL, tag)
+    if have == wanted:
+        return tag, 0.0, "up to date"
+    started = time.monotonic()
+    context = make_context(name, python, horovod)
+    try:
+        run(["docker", "build", "--network", "host", "--tag", tag,
+             "--label", f"{FINGERPRINT_LABEL}={wanted}",
+             "--build-arg", f"PYENV_VERSION={python.name}",
+             "--build-arg", f"HOROVOD_VERSION={horovod or ''}", context])
+    finally:
+        shutil.rmtree(context, ignore_errors=True)
+    return tag, time.monotonic() - started, "built"
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--only", nargs="*", choices=sorted(IMAGES), default=sorted(IMAGES))
+    args = parser.parse_args(argv)
+    started = time.monotonic()
+    base_id = ensure_base()
+    rows = [build(name, base_id) for name in args.only]
+    print(f"\n{'image':<80} {'seconds':>8} {'size':>8}  state")
+    for tag, seconds, state in rows:
+        size = docker_output("image", "inspect", "--format", "{{.Size}}", tag)
+        size_text = f"{int(size) / 1e9:.2f} GB" if size else "?"
+        print(f"{tag:<80} {seconds:>8.0f} {size_text:>8}  {state}")
+    print(f"total {time.monotonic() - started:.0f} s")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,175 @@
+"""MODE="local": the SDK's real local mode (docker-compose) in the stand-in training images.
+
+`make test` builds the images first (`make local-images`); these tests fail, not skip, when the
+engine or an image is missing. Each job trains 2 epochs on the fixture data in the image its
+notebook names; the toolkit inside the image (not our code) starts the entry point.
+"""
+
+import json
+import re
+import subprocess
+import tarfile
+
+import nbformat
+import numpy as np
+import pytest
+from aws_fixtures import sdk_offline  # noqa: F401  (telemetry off: nothing leaves the machine)
+
+from workshop import PHASE0_DIR, RUNS_DIR, SRC_DIR, dataset, inference, jobs, run_notebooks
+from workshop.entry_points import ENTRY_POINTS
+
+IMAGES = {  # the ECR URI the SDK resolves -> what the real image carries (platform-facts.md)
+    "tensorflow-training:2.19-cpu-py312": {"python": "3.12", "tensorflow": "2.19.0",
+                                           "keras": "3.10.0", "horovod": None},
+    "tensorflow-training:2.12-cpu-py310": {"python": "3.10", "tensorflow": "2.12.0",
+                                           "keras": "2.12.0", "horovod": "0.27.0"},
+    "tensorflow-training:2.11-cpu-py39": {"python": "3.9", "tensorflow": "2.11.0",
+                                          "keras": "2.11.0", "horovod": "0.26.1"},
+}
+ENTRY_POINTS_BY_SCRIPT = {e.script: e for e in ENTRY_POINTS}
+REGISTRY = "763104351884.dkr.ecr.us-east-1.amazonaws.com/"
+SMALL = {"EPOCHS": 2, "BATCH_SIZE": 32, "LEARNING_RATE": 0.02}
+RANK_LINE = re.compile(r"(rank|worker) (\d+)/(\d+): trained on \d+ records/epoch "
+                       r"\(shard (\d+) of \d+\), weights fingerprint ([0-9a-f]{8})")
+VERSIONS = """
+import importlib.util, json, os, shutil, sys
+import tensorflow as tf, keras
+hvd = importlib.util.find_spec("horovod")
+print(json.dumps({
+    "python": "%d.%d" % sys.version_info[:2], "tensorflow": tf.__version__,
+    "keras": keras.__version__,
+    "horovod": __import__("horovod").__version__ if hvd else None,
+    "toolkit_module": os.environ.get("SAGEMAKER_TRAINING_MODULE"),
+    "commands": [c for c in ("train", "mpirun", "/usr/sbin/sshd") if shutil.which(c)],
+}))
+"""
+
+
+@pytest.mark.parametrize("image", sorted(IMAGES))
+def test_stand_in_image_carries_the_real_images_versions(image):
+    out = subprocess.run(["docker", "run", "--rm", "--network", "none", REGISTRY + image,
+                          "python", "-c", VERSIONS], capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-2000:]
+    found = json.loads(out.stdout.strip().splitlines()[-1])
+    assert {key: found[key] for key in IMAGES[image]} == IMAGES[image]
+    assert found["toolkit_module"] == "sagemaker_tensorflow_container.training:main"
+    assert found["commands"] == ["train", "mpirun", "/usr/sbin/sshd"]
+
+
+def run_notebook(tmp_path, prefix, **parameters):
+    path = next(p for p in run_notebooks.notebooks() if p.name.startswith(prefix + "."))
+    outcome = run_notebooks.execute(path, {"MODE": "local", **SMALL, **parameters},
+                                    output_dir=tmp_path)
+    assert outcome["ok"], f"{path.name}: {outcome['error']}"
+    notebook = nbformat.read(outcome["output"], as_version=4)
+    text = "".join(o.get("text", "") for c in notebook.cells for o in c.get("outputs", []))
+    return outcome["result"], text
+
+
+def served_accuracy(artifact, data_dir):
+    """Accuracy of a model's serving signature on the eval split (as an endpoint would)."""
+    if tarfile.is_tarfile(artifact):
+        with tarfile.open(artifact) as tar:
+            names = tar.getnames()
+        assert "1/saved_model.pb" in names and not any("checkpoint" in n for n in names), names
+    signature = inference.load_signature(artifact)
+    images, labels = dataset.read_examples(data_dir, "eval", count=None)
+    return float((inference.predict_classes(signature, images) == labels).mean())
+
+
+def metrics_from_log(text):
+    """What SageMaker would chart: the notebooks' metric_definitions applied to the job's log."""
+    return {d["Name"]: [float(v) for v in re.findall(d["Regex"], text)]
+            for d in jobs.METRIC_DEFINITIONS}
+
+
+def check_job(result, text, data_dir, workers):
+    assert result["mode"] == "local" and result["workers"] == workers
+    assert result["epochs"] == SMALL["EPOCHS"] and result["eval_accuracy"] > 0.3
+    job_dir = RUNS_DIR / result["job_name"]
+    metrics = json.loads((job_dir / "output" / "metrics.json").read_text()) \
+        if (job_dir / "output" / "metrics.json").exists() \
+        else json.loads((job_dir / "output" / "data" / "metrics.json").read_text())
+    charted = metrics_from_log(text)
+    assert charted["validation:accuracy"] == pytest.approx(
+        [row["val_accuracy"] for row in metrics["history"]], abs=1e-4)
+    assert charted["eval:accuracy"] == pytest.approx([metrics["eval_accuracy"]], abs=1e-4)
+    assert served_accuracy(job_dir / "model.tar.gz", data_dir) == pytest.approx(
+        metrics["eval_accuracy"], abs=0.01)
+    return metrics
+
+
+def check_ranks(text, count):
+    """Every rank/worker ran, on its own shard, and ended with the same weights."""
+    lines = RANK_LINE.findall(text)
+    assert sorted(int(line[1]) for line in lines) == list(range(count)), lines
+    assert sorted(int(line[3]) for line in lines) == list(range(count))
+    assert len({line[4] for line in lines}) == 1, f"ranks disagree: {lines}"
+
+
+def test_1_2_keras_script_mode_in_the_2_19_image(sdk_offline, tmp_path, cifar_data_dir):  # noqa: F811
+    result, text = run_notebook(tmp_path, "1.2", DATA_DIR=str(cifar_data_dir))
+    metrics = check_job(result, text, cifar_data_dir, workers=1)
+    assert metrics["tensorflow"] == "2.19.0" and metrics["keras"].startswith("3.")
+
+
+def test_1_5_horovod_over_two_containers_in_the_2_12_image(sdk_offline, tmp_path,  # noqa: F811
+                                                           cifar_data_dir):
+    result, text = run_notebook(tmp_path, "1.5", DATA_DIR=str(cifar_data_dir), INSTANCE_COUNT=2)
+    metrics = check_job(result, text, cifar_data_dir, workers=2)
+    assert metrics["tensorflow"] == "2.12.0"
+    check_ranks(text, 2)
+
+
+def test_3_2_mwms_over_two_containers_in_the_2_19_image(sdk_offline, tmp_path,  # noqa: F811
+                                                        cifar_data_dir):
+    result, text = run_notebook(tmp_path, "3.2", DATA_DIR=str(cifar_data_dir), INSTANCE_COUNT=2)
+    check_job(result, text, cifar_data_dir, workers=2)
+    check_ranks(text, 2)
+
+
+@pytest.mark.parametrize("script, count", [("train_tf.py", 1), ("train_tf_horovod.py", 2),
+                                           ("train_tf_ddp.py", 2)])
+def test_entry_point_in_its_image(sdk_offline, cifar_data_dir, capfd, script, count):  # noqa: F811
+    """The entry points no notebook test above runs in local mode, each in its own image."""
+    hyperparameters = {"epochs": 2, "batch-size": 32, "learning-rate": 0.02}
+    estimator = jobs.workshop_estimator("local", script, hyperparameters, instance_count=count)
+    estimator.fit(jobs.data_channels("local", cifar_data_dir))
+    result = jobs.result_of(estimator)
+    text = capfd.readouterr().out
+    metrics = check_job(jobs.headline(result), text, cifar_data_dir, workers=count)
+    assert metrics["tensorflow"].startswith(ENTRY_POINTS_BY_SCRIPT[script].framework_version)
+    if count > 1:
+        check_ranks(text, count)
+
+
+def run_in_image(image, script, data_dir, out_dir, *args, harness=None):
+    """Run an entry point directly in an image (no SageMaker), data read-only, no network."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    mounts = ["-v", f"{SRC_DIR}:/code:ro", "-v", f"{data_dir}:/data:ro", "-v",
+              f"{out_dir}:/out"]
+    if harness:
+        mounts += ["-v", f"{harness}:/harness:ro", "-e", "PYTHONPATH=/harness"]
+    argv = ["docker", "run", "--rm", "--network", "none", *mounts, "-w", "/code",
+            REGISTRY + image, "python", script, "--train", "/data/train",
+            "--validation", "/data/validation", "--eval", "/data/eval",
+            "--sm-model-dir", "/out/model", "--output-data-dir", "/out/output", *args]
+    return subprocess.run(argv, capture_output=True, text=True, timeout=900)
+
+
+def test_mwms_with_two_replicas_per_worker_keeps_batch_norm_finite(cifar_data_dir, tmp_path):
+    """A worker with two GPUs on the Keras 3 image, over a batch count that two replicas cannot
+    share evenly (1,024 records / 36 = 29 batches): no replica may get an empty batch. Before
+    the fix the second epoch logged `loss: nan` and the model predicted one class."""
+    harness = PHASE0_DIR.parent.parent / "tests" / "two_replica_worker"
+    done = run_in_image("tensorflow-training:2.19-cpu-py312", "train_tf_mwms.py", cifar_data_dir,
+                        tmp_path, "--epochs", "3", "--batch-size", "36",
+                        "--learning-rate", "0.02", harness=harness)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "worker 0/1" in done.stdout
+    metrics = json.loads((tmp_path / "output" / "metrics.json").read_text())
+    assert metrics["workers"] == 2  # replicas in sync: the harness took effect
+    assert np.isfinite(metrics["eval_loss"]) and metrics["eval_accuracy"] > 0.3
+    assert served_accuracy(tmp_path / "model", cifar_data_dir) == pytest.approx(
+        metrics["eval_accuracy"], abs=0.01)
+
