@@ -28,7 +28,7 @@ import numpy as np
 
 from . import PHASE0_DIR, RUNS_DIR
 from .files import free_ports, write_atomic
-from .jobs import load_result, make_session, nvidia_gpu_present
+from .jobs import load_result, nvidia_gpu_present, session_for
 from .tfs_standin import NO_MODELS, find_models
 
 # InvokeEndpoint's request limits (SageMaker API reference, InvokeEndpoint: 6 MB; developer guide,
@@ -220,7 +220,7 @@ def serve_in_process(model, runs_dir=RUNS_DIR):
     model_dir = unpack_model(artifact, folder / "model")  # like /opt/ml/model
     standin = start_standin(model_dir)
     _STANDINS[name] = standin
-    session = make_session("process")
+    session = session_for("process")
     session.sagemaker_runtime_client = LoopbackRuntimeClient(standin.port)
     print(f"TF Serving stand-in for {artifact}: {standin.url} (pid {standin.process.pid}, "
           f"models {sorted(find_models(model_dir))}, log {standin.log_path})")
