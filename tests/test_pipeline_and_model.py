@@ -130,3 +130,22 @@ def test_legacy_optimizer_for_old_horovod_trains_exactly_like_the_default_one():
     schedule = cnn.OneCycle(0.5, 8, 8 / 5)  # the legacy optimizer reports the next step's rate
     np.testing.assert_allclose(final[True][1], [float(schedule(s)) for s in range(8)], rtol=1e-6)
     assert not np.allclose(final[False][0], start)
+
+
+def test_a_checkpoint_that_cannot_be_read_falls_back_to_the_one_before(tmp_path, capsys):
+    """SageMaker syncs /opt/ml/checkpoints file by file: the index may name a checkpoint whose
+    data is incomplete after a spot interruption. Restarting must not fail for ever."""
+    from cifar.checkpoints import EpochCheckpoints
+
+    model = cnn.build_model(width=4)
+    optimizer = cnn.build_optimizer(0.1, total_steps=10, warmup_steps=2, momentum=0.9,
+                                    weight_decay=5e-4)
+    saver = EpochCheckpoints(str(tmp_path), model, optimizer)
+    saver.save(1, [{"epoch": 1}])
+    saver.save(2, [{"epoch": 1}, {"epoch": 2}])
+    for data_file in tmp_path.glob("ckpt-2.data-*"):
+        data_file.write_bytes(data_file.read_bytes()[:10])  # truncated by an interrupted sync
+    restored = EpochCheckpoints(str(tmp_path), cnn.build_model(width=4), cnn.build_optimizer(
+        0.1, total_steps=10, warmup_steps=2, momentum=0.9, weight_decay=5e-4))
+    assert restored.restore() == (1, [{"epoch": 1}])
+    assert "ckpt-2 cannot be restored" in capsys.readouterr().out

@@ -2,7 +2,9 @@
 
 One tf.train.Checkpoint holds the model, the optimizer (its step counter drives the learning
 rate schedule) and the history so far. The manager's index file is written last, so a run
-killed mid-save resumes from the previous complete checkpoint.
+killed mid-save resumes from the previous complete checkpoint. SageMaker syncs
+/opt/ml/checkpoints with S3 file by file in no set order, so after a spot interruption the index
+can name a checkpoint whose files are incomplete: restore then falls back to the one before.
 """
 
 import json
@@ -24,11 +26,17 @@ class EpochCheckpoints:
             self.manager = tf.train.CheckpointManager(self.checkpoint, directory, max_to_keep=2)
 
     def restore(self):
-        """Restore the latest checkpoint; returns (epochs done, history rows)."""
-        if not self.enabled or not self.manager.latest_checkpoint:
+        """Restore the newest checkpoint that can be read; returns (epochs done, history rows)."""
+        if not self.enabled:
             return 0, []
-        self.checkpoint.restore(self.manager.latest_checkpoint).expect_partial()
-        return int(self.epoch.numpy()), json.loads(self.history.numpy().decode())
+        for path in reversed(self.manager.checkpoints):
+            try:
+                self.checkpoint.restore(path).expect_partial()
+                return int(self.epoch.numpy()), json.loads(self.history.numpy().decode())
+            except Exception as err:  # truncated files raise OpError, IndexError, ...
+                print(f"checkpoint {path} cannot be restored ({type(err).__name__}: "
+                      f"{str(err).splitlines()[0]}); trying the one before", flush=True)
+        return 0, []
 
     def save(self, epoch, history):
         if not self.enabled:

@@ -97,8 +97,9 @@ def make_dataset(channel_dir, batch_size, training, channel="data",
                  num_workers=1, worker_index=0, seed=0, drop_remainder=False):
     """Batched (uint8 image, label) dataset of one channel.
 
-    training=True shuffles (order fixed by ``seed``, so a resumed run sees the same
-    order) and augments; evaluation data is neither shuffled nor augmented.
+    training=True shuffles (the order is fixed by ``seed``: a run resumed from a checkpoint
+    starts the order again from the first epoch's, it does not continue it) and augments;
+    evaluation data is neither shuffled nor augmented.
     num_workers/worker_index shard records so that every worker gets an equal,
     disjoint share: the first ``records // num_workers * num_workers`` records
     are dealt round-robin (at most num_workers - 1 are left out per epoch, none
