@@ -141,3 +141,24 @@ def worker_dir(path, chief):
     throwaway = tempfile.mkdtemp(prefix="mwms-worker-")
     atexit.register(shutil.rmtree, throwaway, ignore_errors=True)
     return throwaway
+
+
+def mwms_check_agreement(strategy, value, what):
+    """Raise unless every worker holds the same integer ``value``; returns it.
+
+    Workers that disagree (say, each restored a different checkpoint) would run different numbers
+    of collective steps and wait on each other until max_run. Every worker computes the same
+    spread of the values (one collective), so all of them raise together.
+    """
+    own = tf.constant(float(value), tf.float64)
+
+    def in_replica():
+        context = tf.distribute.get_replica_context()
+        return context.all_reduce("MEAN", [own, own * own])
+
+    mean, mean_square = (float(strategy.experimental_local_results(t)[0])
+                         for t in tf.function(lambda: strategy.run(in_replica))())
+    if mean_square - mean * mean > 1e-9:
+        raise RuntimeError(f"the workers disagree on {what} (this worker: {value}, mean over "
+                           f"workers: {mean:g}): they must start from the same checkpoint")
+    return value
