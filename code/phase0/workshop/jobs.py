@@ -32,6 +32,7 @@ from typing import Optional
 from . import DEFAULT_DATA_DIR, RUNS_DIR, SRC_DIR, resolve
 from .dataset import CHANNELS_NAME, SPLITS
 from .files import write_json_atomic
+from .log_format import METRIC_DEFINITIONS  # noqa: F401  (notebooks use jobs.METRIC_DEFINITIONS)
 from .process_mode import run_process_job
 
 # Harmless for everyone: silences the SDK v2 deprecation banner printed at import, and the
@@ -45,23 +46,6 @@ DEFAULT_REGION = "us-east-1"  # process/local only name images with it; nothing 
 # Never used to call AWS: process and local mode only need the Estimator to have a role.
 OFFLINE_ROLE = "arn:aws:iam::111111111111:role/workshop-offline-no-aws"
 
-_NUMBER = r"([-+]?(?:\d+\.?\d*|\.\d+)(?:[eE][-+]?\d+)?|nan|inf)"
-_EPOCH = r"epoch \d+/\d+ .*?"
-# The entry points print (cifar/report.py):
-#   epoch 3/20 - loss: 1.2345 - accuracy: 0.5678 - val_loss: 1.1111 - val_accuracy: 0.6000
-#       - lr: 0.050000 - time: 12.3s - images/s: 3250.1          (one line)
-#   eval - loss: 0.4567 - accuracy: 0.8512
-# "- loss:"/"- accuracy:" cannot match inside "- val_loss:"/"- val_accuracy:".
-METRIC_DEFINITIONS = [
-    {"Name": "train:loss", "Regex": _EPOCH + r"- loss: " + _NUMBER},
-    {"Name": "train:accuracy", "Regex": _EPOCH + r"- accuracy: " + _NUMBER},
-    {"Name": "validation:loss", "Regex": _EPOCH + r"- val_loss: " + _NUMBER},
-    {"Name": "validation:accuracy", "Regex": _EPOCH + r"- val_accuracy: " + _NUMBER},
-    {"Name": "train:images_per_sec", "Regex": _EPOCH + r"- images/s: " + _NUMBER},
-    {"Name": "train:epoch_seconds", "Regex": _EPOCH + r"- time: " + _NUMBER + "s"},
-    {"Name": "eval:loss", "Regex": r"eval - loss: " + _NUMBER},
-    {"Name": "eval:accuracy", "Regex": r"eval - loss: \S+ - accuracy: " + _NUMBER},
-]
 
 
 class ModeUnavailable(RuntimeError):
