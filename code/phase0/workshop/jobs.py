@@ -63,6 +63,9 @@ class JobResult:
     history: list = field(default_factory=list)
     logs_path: Optional[Path] = None        # process mode; host/local logs stream to stdout
     wall_seconds: float = 0.0
+    status: str = "Completed"               # or "Stopped": max_run reached (DescribeTrainingJob)
+    stop_reason: Optional[str] = None       # "MaxRuntimeExceeded" (SageMaker's secondary status)
+    stopped_after_epoch: Optional[int] = None  # Stopped: the last finished epoch
 
 
 # ------------------------------------------------------------------------------- building
@@ -261,8 +264,9 @@ def run(estimator, inputs, mode, wait=True, logs=True, runs_dir=RUNS_DIR):
     if mode == "process":
         job = run_process_job(estimator, inputs, runs_dir=runs_dir,
                               stream=sys.stdout if logs else None)
-        return collect(mode, job.job_name, job.model_artifact, job.output_data_dir,
-                       job.logs_path, started)
+        result = collect(mode, job.job_name, job.model_artifact, job.output_data_dir,
+                         job.logs_path, started)
+        return with_status(result, job.status, job.stop_reason, job.last_epoch)
     if mode == "local":
         return run_local(estimator, inputs, logs, started, Path(runs_dir))
     estimator.fit(inputs, wait=wait, logs=logs)
@@ -272,7 +276,10 @@ def run(estimator, inputs, mode, wait=True, logs=True, runs_dir=RUNS_DIR):
     job_dir = Path(runs_dir) / job_name
     model_tar, output_tar = download_artifacts(estimator, job_dir)
     output_dir = extract(output_tar, job_dir / "output")
-    return collect(mode, job_name, model_tar, output_dir, None, started)
+    result = collect(mode, job_name, model_tar, output_dir, None, started)
+    description = estimator.latest_training_job.describe()
+    return with_status(result, description["TrainingJobStatus"],
+                       description.get("SecondaryStatus"), None)
 
 
 def run_local(estimator, inputs, logs, started, runs_dir):
@@ -321,6 +328,17 @@ def collect(mode, job_name, model_tar, output_dir, logs_path, started):
                      output_dir=output_dir, metrics=metrics,
                      history=list(metrics.get("history", [])), logs_path=logs_path,
                      wall_seconds=round(time.monotonic() - started, 1))
+
+
+def with_status(result, status, reason, last_epoch_logged):
+    """``result`` with how the job ended; a Stopped job's last finished epoch comes from its
+    metrics.json (the entry point saved on SIGTERM), else from its last epoch line."""
+    result.status = status
+    if status == "Stopped":
+        result.stop_reason = reason
+        result.stopped_after_epoch = result.metrics.get("stopped_after_epoch",
+                                                        last_epoch_logged)
+    return result
 
 
 # ------------------------------------------------------------------------------- reporting
