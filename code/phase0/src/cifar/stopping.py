@@ -10,7 +10,7 @@ epoch that was cut short.
 Distributed runs: each process gets the signal at a slightly different step, so a process that
 left on its own would leave the others waiting in a collective forever. ``agree`` makes the
 decision collective: every step, every process contributes 1.0 (SIGTERM seen) or 0.0 and all
-stop when the mean (or max) over processes is above 0, at the same step.
+stop when the mean (or sum) over processes is above 0, at the same step.
 """
 
 import signal
@@ -21,8 +21,8 @@ import tensorflow as tf
 class SigtermStop:
     """Installs a SIGTERM handler; ``check()`` after each training step says whether to stop.
 
-    agree: None for one process; else a function of a float tensor returning its mean or max
-    over all processes (hvd.allreduce, SMDDP's oob_allreduce, ``mwms_agreement(strategy)``).
+    agree: None for one process; else a function of a float tensor returning its mean
+    (or sum) over all processes (hvd.allreduce, SMDDP's oob_allreduce, ``mwms_agreement``).
     Every process must call ``check()`` equally often (once per training step).
     """
 
@@ -63,10 +63,12 @@ class _StopTrainingOnSigterm(tf.keras.callbacks.Callback):
 
 
 def mwms_agreement(strategy):
-    """``agree`` for MultiWorkerMirroredStrategy: the max of a value over all replicas."""
+    """``agree`` for MultiWorkerMirroredStrategy: the sum of a value over all replicas."""
 
     def in_replica(value):
-        return tf.distribute.get_replica_context().all_reduce("MAX", value)
+        # ReduceOp has SUM and MEAN only: the sum is above 0 as soon as one replica says 1.0.
+        # tf.identity: a tensor of this replica (all_reduce finds no device for a captured one).
+        return tf.distribute.get_replica_context().all_reduce("SUM", tf.identity(value))
 
     @tf.function
     def agree(value):
