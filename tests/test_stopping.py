@@ -18,6 +18,7 @@ import re
 import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -27,13 +28,13 @@ from test_distributed import KERAS3_PYTHON, MPIRUN, SRC, rank_dirs, script_args
 from test_entry_points import clean_env, standalone
 
 from workshop import dataset, inference, jobs, resume
-from workshop.process_mode import JobStoppedWarning
+from workshop.process_mode import JobStoppedWarning, run_process_job
 
 # Long enough to train for a while after start-up (8-40 s here, with the CPUs shared), far
 # shorter than 30 epochs.
 MAX_RUN = 60
 WINDOW = 120  # SageMaker's; process mode's default
-SLOW = {"epochs": 30, "batch-size": 8}
+SLOW = {"epochs": 30, "batch-size": 16}
 DISTRIBUTIONS = {
     "train_keras.py": {},
     "train_tf.py": {},
@@ -117,7 +118,7 @@ def test_keras3_entry_points_save_on_sigterm(entry_point, cifar_data_dir, tmp_pa
     with open(log_path, "w") as log:
         proc = subprocess.Popen(
             standalone(KERAS3_PYTHON, entry_point, cifar_data_dir, tmp_path, "--epochs", "30",
-                       "--batch-size", "8", "--checkpoint-dir", str(tmp_path / "ckpt")),
+                       "--batch-size", "32", "--checkpoint-dir", str(tmp_path / "ckpt")),
             env=clean_env(), stdout=log, stderr=subprocess.STDOUT)
     try:
         seconds = sigterm_mid_epoch(proc, log_path, lambda: [proc.pid])
@@ -150,7 +151,7 @@ def test_horovod_ranks_agree_when_only_one_gets_sigterm(script, cifar_data_dir, 
     for rank, rank_dir in enumerate(dirs):
         argv += ([":"] if rank else []) + ["-np", "1", sys.executable, script,
                                            *script_args(cifar_data_dir, rank_dir),
-                                           "--epochs", "30", "--batch-size", "8"]
+                                           "--epochs", "30", "--batch-size", "32"]
     log_path = tmp_path / "log.txt"
     with open(log_path, "w") as log:
         proc = subprocess.Popen(argv, cwd=SRC, env={**os.environ, "PYTHONUNBUFFERED": "1"},
@@ -181,7 +182,7 @@ def test_mwms_keras3_workers_agree_when_only_one_gets_sigterm(cifar_data_dir, tm
         with open(logs[index], "w") as log:
             procs.append(subprocess.Popen(
                 [str(KERAS3_PYTHON), "train_tf_mwms.py", *script_args(cifar_data_dir, dirs[index]),
-                 "--epochs", "30", "--batch-size", "8"], cwd=SRC,
+                 "--epochs", "30", "--batch-size", "32"], cwd=SRC,
                 env={**os.environ, "PYTHONUNBUFFERED": "1", "TF_CONFIG": json.dumps(tf_config)},
                 stdout=log, stderr=subprocess.STDOUT, start_new_session=True))
     try:
@@ -211,14 +212,24 @@ def check_agreed_stop(returncode, output, dirs, seconds):
 
 
 def test_resume_from_a_stopped_job_finishes_every_epoch_once(cifar_data_dir, tmp_path):
-    epochs = 5
-    hyperparameters = {"epochs": epochs, "batch-size": 8}
+    """Stopped (as by StopTrainingJob: the same SIGTERM path as max_run, but at a known point:
+    right after epoch 2's line), then resumed with RESUME_FROM's checkpoint location."""
+    epochs, hyperparameters = 4, {"epochs": 4, "batch-size": 32}
     inputs = jobs.data_channels("process", cifar_data_dir)
-    first = jobs.make_estimator("process", "train_tf.py", hyperparameters, max_run=MAX_RUN)
+    stop = threading.Event()
+
+    def stop_after_epoch_2(line):
+        if line.startswith("epoch 2/4 "):
+            stop.set()
+
+    first = jobs.make_estimator("process", "train_tf.py", hyperparameters)
     with pytest.warns(JobStoppedWarning):
-        stopped = jobs.run(first, inputs, "process", logs=False, runs_dir=tmp_path)
-    done = stopped.stopped_after_epoch
-    assert stopped.status == "Stopped" and 1 <= done < epochs, stopped.history
+        stopped = run_process_job(first, inputs, runs_dir=tmp_path, stream=None,
+                                  on_line=stop_after_epoch_2, stop_request=stop)
+    metrics = json.loads((stopped.output_data_dir / "metrics.json").read_text())
+    assert stopped.status == "Stopped" and metrics["stopped_after_epoch"] == 2
+    print(f"\nSIGTERM->exit train_tf.py (process mode, stop request): "
+          f"{stopped.seconds_to_exit:.1f} s")
 
     again = jobs.make_estimator("process", "train_tf.py", hyperparameters, checkpoint=False)
     again.checkpoint_s3_uri = resume.checkpoint_to_resume("process", stopped.job_name,
@@ -226,12 +237,15 @@ def test_resume_from_a_stopped_job_finishes_every_epoch_once(cifar_data_dir, tmp
     resumed = jobs.run(again, inputs, "process", logs=False, runs_dir=tmp_path)
     log = resumed.logs_path.read_text()
     assert resumed.status == "Completed"
-    assert f"resuming from checkpoint: epochs 1-{done} done" in log
-    assert epoch_numbers(log, epochs) == list(range(done + 1, epochs + 1))  # from N+1, once
-    assert [row["epoch"] for row in resumed.history] == list(range(1, epochs + 1))
+    assert "resuming from checkpoint: epochs 1-2 done" in log
+    assert epoch_numbers(log, epochs) == [3, 4]  # from N+1, nothing trained twice
+    assert [row["epoch"] for row in resumed.history] == [1, 2, 3, 4]
     assert resumed.metrics["eval_accuracy"] > 0.2
 
     whole = jobs.run(jobs.make_estimator("process", "train_tf.py", hyperparameters),
                      inputs, "process", logs=False, runs_dir=tmp_path)
+    assert [row["epoch"] for row in whole.history] == [1, 2, 3, 4]
+    # The schedule went on where it was: epoch 3's learning rate is epoch 3's, not epoch 1's.
     np.testing.assert_allclose([row["lr"] for row in resumed.history],
                                [row["lr"] for row in whole.history], rtol=1e-5)
+    assert resumed.history[2]["lr"] != pytest.approx(whole.history[0]["lr"], rel=1e-3)

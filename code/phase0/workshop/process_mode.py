@@ -153,7 +153,8 @@ class JobSpec:
 
 
 def run_process_job(estimator, inputs, job_name=None, runs_dir=RUNS_DIR, stream=sys.stdout,
-                    timeout=None, stop_grace=MAX_RUN_GRACE_SECONDS, on_line=None):
+                    timeout=None, stop_grace=MAX_RUN_GRACE_SECONDS, on_line=None,
+                    stop_request=None):
     """Run ``estimator``'s entry point here under the container contract; returns a ProcessJob.
 
     inputs: {channel: local folder or file:// URI} (a single value means channel "training").
@@ -161,6 +162,8 @@ def run_process_job(estimator, inputs, job_name=None, runs_dir=RUNS_DIR, stream=
     timeout: seconds; default the estimator's max_run, which is what stops a SageMaker job:
         then SIGTERM, ``stop_grace`` seconds, SIGKILL; the job ends "Stopped" (see above).
     on_line: called with every log line (e.g. a progress.EpochProgress bar).
+    stop_request: a threading.Event; set, the job is stopped as at max_run (SageMaker's
+        StopTrainingJob: status "Stopped", reason "Stopped").
     """
     started = time.monotonic()
     spec = describe_job(estimator, inputs, job_name, Path(runs_dir))
@@ -177,7 +180,8 @@ def run_process_job(estimator, inputs, job_name=None, runs_dir=RUNS_DIR, stream=
                  f"({spec.launcher}, {len(spec.hosts)} host(s), {processes} process(es))")
         try:
             outcome = supervise(procs, log, limit, label_lines=processes > 1,
-                                processes_per_host=spec.processes_per_host, grace=stop_grace)
+                                processes_per_host=spec.processes_per_host, grace=stop_grace,
+                                stop_request=stop_request)
         except KeyboardInterrupt:
             write_atomic(os.path.join(paths.output, "failure"),
                          "interrupted (KeyboardInterrupt): every process was stopped\n")
@@ -189,7 +193,8 @@ def run_process_job(estimator, inputs, job_name=None, runs_dir=RUNS_DIR, stream=
             write_atomic(os.path.join(paths.output, "success"), "")
         if outcome.status == "Stopped":
             log.line(f"process mode: job {spec.job_name} Stopped ({outcome.what}) after "
-                     f"{limit:.0f}s; model.tar.gz holds what the model folder holds")
+                     f"{time.monotonic() - started:.0f}s; model.tar.gz holds what the model "
+                     f"folder holds")
     model_tar = pack_folder(paths.model, spec.job_dir / "model.tar.gz")
     output_tar = pack_folder(paths.output_data, spec.job_dir / "output.tar.gz")
     if outcome.status == "Stopped":

@@ -87,9 +87,13 @@ class LogSink:
 
 
 def supervise(procs, log, timeout, label_lines, processes_per_host,
-              grace=MAX_RUN_GRACE_SECONDS):
+              grace=MAX_RUN_GRACE_SECONDS, stop_request=None):
     """Run all processes; stop the rest as soon as one fails; at ``timeout`` s stop them all as
-    SageMaker does at max_run (SIGTERM, ``grace`` s, SIGKILL). Returns an Outcome."""
+    SageMaker does at max_run (SIGTERM, ``grace`` s, SIGKILL). Returns an Outcome.
+
+    stop_request: a threading.Event; set, it stops the job the same way, as SageMaker's
+    StopTrainingJob does (secondary status "Stopped" instead of "MaxRuntimeExceeded").
+    """
     running, readers = [], []
     deadline = time.monotonic() + timeout if timeout else None
     try:
@@ -103,11 +107,14 @@ def supervise(procs, log, timeout, label_lines, processes_per_host,
             for pipe in (popen.stdout, popen.stderr):
                 readers.append(start_reader(pipe, proc.label, log, label_lines,
                                             processes_per_host))
-        outcome = wait_for_all(running, deadline)
+        outcome = wait_for_all(running, deadline, stop_request)
         if outcome is None:
-            log.line(f"process mode: max_run ({timeout:.0f}s) reached: SIGTERM to every "
-                     f"process of the job, {grace:.0f}s to save and exit (as SageMaker does)")
-            outcome = stop_at_max_run([popen for _, popen in running], grace)
+            asked = stop_request is not None and stop_request.is_set()
+            why = "stop requested" if asked else f"max_run ({timeout:.0f}s) reached"
+            log.line(f"process mode: {why}: SIGTERM to every process of the job, "
+                     f"{grace:.0f}s to save and exit (as SageMaker does)")
+            outcome = stop_gracefully([popen for _, popen in running], grace,
+                                      "Stopped" if asked else "MaxRuntimeExceeded")
             log.line(f"process mode: all processes ended {outcome.seconds_to_exit:.1f}s after "
                      f"SIGTERM" + (" (SIGKILLed after the grace period)" if outcome.killed
                                    else ""))
@@ -118,8 +125,9 @@ def supervise(procs, log, timeout, label_lines, processes_per_host,
             reader.join(timeout=STOP_GRACE_SECONDS)
 
 
-def wait_for_all(running, deadline):
-    """Completed or Failed as soon as that is known; None when the deadline passes first."""
+def wait_for_all(running, deadline, stop_request=None):
+    """Completed or Failed as soon as that is known; None when the deadline passes (or a stop
+    is requested) first."""
     while True:
         for proc, popen in running:
             code = popen.poll()
@@ -132,10 +140,12 @@ def wait_for_all(running, deadline):
             return Outcome("Completed", exit_code=0)
         if deadline and time.monotonic() > deadline:
             return None
+        if stop_request is not None and stop_request.is_set():
+            return None
         time.sleep(0.05)
 
 
-def stop_at_max_run(popens, grace):
+def stop_gracefully(popens, grace, reason):
     """SIGTERM to every process of the job but the MPI launchers; SIGKILL after ``grace`` s."""
     started = time.monotonic()
     for pid in job_processes(popens):
@@ -149,7 +159,7 @@ def stop_at_max_run(popens, grace):
             signal_group(popen, signal.SIGKILL)
             popen.wait()
     codes = [popen.returncode for popen in popens]
-    return Outcome("Stopped", "MaxRuntimeExceeded", max(codes, key=abs),
+    return Outcome("Stopped", reason, max(codes, key=abs),
                    round(time.monotonic() - started, 2), killed)
 
 
