@@ -21,6 +21,7 @@ train_keras.py and has no MAX_RUN. On a shared machine the figures vary with the
 
 import argparse
 import ast
+import os
 import re
 import sys
 import tempfile
@@ -131,6 +132,9 @@ def main():
             rows.append(measure(notebook, entry_point, distribution, image, data_dir,
                                 tmp / "runs", args.epochs, 4 * args.per_batch, args.per_batch))
             print_row(rows[-1], header=len(rows) == 1)
+    load = ", ".join(f"{value:.1f}" for value in os.getloadavg())
+    print(f"load average at the end (1, 5, 15 min): {load} on {os.cpu_count()} CPUs; "
+          f"other work on the machine slows every figure above")
 
 
 COLUMNS = [("notebook", "{}", 8), ("entry point", "{}", 23), ("procs", "{}", 5),
