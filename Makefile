@@ -71,6 +71,7 @@ bench: setup
 	$(BIN)/python benchmarks/input_pipeline.py
 	$(BIN)/python benchmarks/entry_points.py
 	$(BIN)/python benchmarks/serving.py
+	$(BIN)/python benchmarks/epoch_cost.py
 
 clean:
 	rm -rf code/phase0/runs

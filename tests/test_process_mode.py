@@ -7,15 +7,17 @@ read those records. Distributed launches run for real: mpirun ranks and MWMS wor
 import io
 import json
 import os
+import signal
 import tarfile
+import threading
 import time
 from pathlib import Path
 
 import pytest
 from aws_fixtures import *  # noqa: F401,F403 - sdk_offline, probe_estimator
 
-from workshop import jobs
-from workshop.process_mode import JobFailed, run_process_job
+from workshop import jobs, progress
+from workshop.process_mode import JobFailed, JobStoppedWarning, run_process_job
 
 MPI = {"mpi": {"enabled": True, "processes_per_host": 2}}
 MWMS = {"multi_worker_mirrored_strategy": {"enabled": True}}
@@ -185,16 +187,104 @@ def test_a_crashing_rank_fails_the_job_fast_and_leaves_no_process(
     assert processes_under(failed.value.job_dir) == []
 
 
-def test_timeout_stops_every_rank(probe_estimator, channels, runs):
-    estimator = probe_estimator({"sleep": 60}, distribution=MPI, instance_count=1)
+def test_max_run_stops_every_rank_as_sagemaker_does(probe_estimator, channels, runs):
+    """SIGTERM to the ranks (not mpirun, which would SIGKILL them after 1 s), they save in 2.5 s
+    and exit 0: the job is Stopped, not failed, with the model they saved and the SDK's
+    warning."""
+    estimator = probe_estimator({"sleep": 60, "on-sigterm": "save", "save-seconds": 2.5},
+                                distribution=MPI, instance_count=1)
     started = time.monotonic()
 
-    with pytest.raises(JobFailed, match="timed out after 2s") as failed:
-        run_process_job(estimator, channels, runs_dir=runs, stream=None, timeout=2)
+    with pytest.warns(JobStoppedWarning) as warned:
+        job = run_process_job(estimator, channels, runs_dir=runs, stream=None, timeout=3,
+                              stop_grace=30)
 
     assert time.monotonic() - started < FAIL_FAST_SECONDS
-    assert processes_under(failed.value.job_dir) == []
-    assert "timed out" in (failed.value.job_dir / "output" / "failure").read_text()
+    assert job.status == "Stopped" and job.stop_reason == "MaxRuntimeExceeded"
+    assert 2.5 <= job.seconds_to_exit < 10
+    assert str(warned[0].message) == (
+        "Job ended with status 'Stopped' rather than 'Completed'. This could mean the job timed "
+        "out or stopped early for some other reason: Consider checking whether it completed as "
+        "you expect.")
+    with tarfile.open(job.model_artifact) as tar:
+        assert tar.extractfile("probe.txt").read() == b"saved at SIGTERM\n"
+    assert not (job.job_dir / "output" / "failure").exists()
+    assert (job.job_dir / "output" / "success").exists()  # every rank exited 0
+    log = job.logs_path.read_text()
+    assert log.count("SIGTERM, saved, exiting 0") == 2  # both ranks had their window
+    assert processes_under(job.job_dir) == []
+
+
+def test_max_run_kills_what_outlives_the_grace_period(probe_estimator, channels, runs):
+    estimator = probe_estimator({"sleep": 60, "on-sigterm": "ignore"})
+    started = time.monotonic()
+
+    with pytest.warns(JobStoppedWarning):
+        job = run_process_job(estimator, channels, runs_dir=runs, stream=None, timeout=2,
+                              stop_grace=2)
+
+    assert time.monotonic() - started < FAIL_FAST_SECONDS
+    assert job.status == "Stopped" and 2 <= job.seconds_to_exit < 5
+    assert "SIGKILLed after the grace period" in job.logs_path.read_text()
+    assert tar_names(job.model_artifact) == []  # it saved nothing: an empty model.tar.gz
+    assert not (job.job_dir / "output" / "failure").exists()
+    assert processes_under(job.job_dir) == []
+
+
+def test_interrupt_stops_every_process_and_writes_failure(probe_estimator, channels, runs):
+    estimator = probe_estimator({"sleep": 60}, distribution=MPI, instance_count=1)
+    threading.Timer(3, os.kill, (os.getpid(), signal.SIGINT)).start()  # the notebook's "stop"
+    started = time.monotonic()
+
+    with pytest.raises(KeyboardInterrupt):
+        run_process_job(estimator, channels, job_name="probe-interrupted", runs_dir=runs,
+                        stream=None)
+
+    assert time.monotonic() - started < FAIL_FAST_SECONDS
+    job_dir = runs / "probe-interrupted"
+    assert "interrupted" in (job_dir / "output" / "failure").read_text()
+    assert processes_under(job_dir) == []
+
+
+def test_projection_appears_right_after_the_first_epoch_line(probe_estimator, channels, runs):
+    """5 epochs of 1 s cannot fit in max_run=4: said after epoch 1, long before the stop."""
+    estimator = probe_estimator({"epoch-lines": 5, "epoch-seconds": 1, "on-sigterm": "save"})
+    seen = []  # (seconds into the job, line)
+    started = time.monotonic()
+
+    with pytest.warns(JobStoppedWarning):
+        job = run_process_job(estimator, channels, runs_dir=runs, stream=None, timeout=4,
+                              stop_grace=10,
+                              on_line=lambda line: seen.append((time.monotonic() - started,
+                                                                line)))
+
+    lines = [line for _, line in seen]
+    first = next(i for i, line in enumerate(lines) if line.startswith("epoch 1/5 "))
+    assert lines[first + 1].startswith("projection: epoch 1 took 1s"), lines
+    assert "5 epochs need about" in lines[first + 1]
+    assert f'RESUME_FROM = "{job.job_name}"' in lines[first + 1]
+    assert "Lower EPOCHS to 3" in lines[first + 1] or "Lower EPOCHS to 2" in lines[first + 1]
+    assert seen[first + 1][0] < 3  # at once, not at the stop (4 s)
+    assert job.status == "Stopped" and job.last_epoch in (2, 3)
+
+
+def test_progress_bar_follows_the_epoch_lines(probe_estimator, channels, runs):
+    estimator = probe_estimator({"epoch-lines": 3, "epoch-seconds": 0.2})
+    out = io.StringIO()
+
+    with progress.EpochProgress("probe", file=out) as bar:
+        run_process_job(estimator, channels, runs_dir=runs, stream=None, on_line=bar)
+        assert (bar.bar.n, bar.bar.total) == (3, 3)
+    assert "3/3" in out.getvalue() and "1000 images/s" in out.getvalue()
+
+
+def test_stdout_progress_tees_printed_lines_into_the_bar(capsys):
+    """local/host mode: the SDK prints the container's logs; the bar reads them from stdout."""
+    with progress.stdout_progress("sdk") as bar:
+        print("algo-1-abcde | epoch 2/4 - loss: 1.0 - accuracy: 0.5 - val_loss: 1.0 - "
+              "val_accuracy: 0.5 - lr: 0.01 - time: 3.0s - images/s: 250.0")
+        assert (bar.bar.n, bar.bar.total, bar.bar.initial) == (2, 4, 1)
+    assert "epoch 2/4" in capsys.readouterr().out  # still printed
 
 
 def test_s3_channels_are_refused_with_the_fix(probe_estimator, runs):

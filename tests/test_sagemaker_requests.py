@@ -339,3 +339,24 @@ def test_a_price_table_needs_its_date_and_source(tmp_path):
         compare_runs.load_prices(path)
     shipped = compare_runs.load_prices()
     assert shipped["read_on"] and shipped["source"].startswith("https://")
+
+
+def test_resume_from_a_host_job_reuses_its_checkpoint_location(s3_channels):
+    from workshop import resume
+
+    with_checkpoints = submit(s3_channels)
+    session = jobs.session_for("host", bucket=BUCKET)
+    uri = resume.checkpoint_to_resume("host", with_checkpoints["TrainingJobName"], session)
+    assert uri == with_checkpoints["CheckpointConfig"]["S3Uri"]
+    assert uri.startswith(f"s3://{BUCKET}/") and uri.endswith("/checkpoints")
+
+    without = submit(s3_channels, checkpoint=False)
+    with pytest.raises(resume.CannotResume, match="had no CheckpointConfig"):
+        resume.checkpoint_to_resume("host", without["TrainingJobName"], session)
+
+
+def test_local_mode_says_it_cannot_resume():
+    from workshop import resume
+
+    with pytest.raises(resume.CannotResume, match="refuses checkpoint_s3_uri in local mode"):
+        resume.checkpoint_to_resume("local", "any-job")

@@ -14,8 +14,10 @@ from cifar import model as cnn
 from cifar.checkpoints import EpochCheckpoints
 from cifar.report import EpochTimer, TrainingLog
 from cifar.sagemaker_args import parse_args
+from cifar.stopping import SigtermStop
 
 args = parse_args(__doc__)
+sigterm = SigtermStop()  # SageMaker: SIGTERM at max_run or spot reclaim: stop after the step
 tf.keras.utils.set_random_seed(args.seed)
 
 train = data.make_dataset(args.train, args.batch_size, training=True, channel="train",
@@ -45,6 +47,8 @@ timer = EpochTimer()
 
 
 def end_of_epoch(epoch, logs):
+    if sigterm.stop:  # SageMaker: an epoch cut short by SIGTERM is not recorded
+        return
     log.epoch(epoch + 1, logs["loss"], logs["accuracy"], logs["val_loss"], logs["val_accuracy"],
               optimizer.learning_rate, timer.seconds(), train_records)
     checkpoints.save(epoch + 1, log.history)
@@ -52,9 +56,11 @@ def end_of_epoch(epoch, logs):
 
 epoch_end = tf.keras.callbacks.LambdaCallback(on_epoch_end=end_of_epoch)
 model.fit(train, epochs=args.epochs, initial_epoch=epochs_done, validation_data=validation,
-          verbose=0, callbacks=[timer, epoch_end])
+          verbose=0, callbacks=[timer, sigterm.keras_callback(), epoch_end])
 
-eval_loss, eval_accuracy = model.evaluate(evaluation, verbose=0)
+# SageMaker: after a SIGTERM (max_run, spot) the window is short: no eval, save, exit 0.
+eval_loss, eval_accuracy = (None, None) if sigterm.stop else model.evaluate(
+    evaluation, verbose=0)
 # SageMaker: everything in SM_MODEL_DIR becomes model.tar.gz; TF Serving loads <dir>/1/.
 serving.save_for_serving(model, args.sm_model_dir)
-log.finish(eval_loss, eval_accuracy)
+log.finish(eval_loss, eval_accuracy, stopped=sigterm.stop)

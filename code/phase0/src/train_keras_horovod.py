@@ -23,11 +23,14 @@ from cifar import model as cnn
 from cifar.checkpoints import EpochCheckpoints
 from cifar.report import EpochTimer, TrainingLog
 from cifar.sagemaker_args import parse_args
+from cifar.stopping import SigtermStop
 
 args = parse_args(__doc__)
 hvd.init()  # Horovod: ranks 0..size-1 over all hosts; local_rank counts within a host
 distributed.pin_gpu(hvd.local_rank())  # Horovod: one GPU per process (where there are GPUs)
 chief = hvd.rank() == 0  # Horovod: rank 0, not local_rank 0 (one per host), logs and saves
+# Horovod: all ranks stop at the same step when any got SIGTERM (an allreduce per step).
+sigterm = SigtermStop(agree=hvd.allreduce)  # Horovod: agree=
 tf.keras.utils.set_random_seed(args.seed)
 
 # Horovod: each rank reads its own 1/size of train and validation (equal, disjoint shares), so an
@@ -73,6 +76,8 @@ timer = EpochTimer()
 
 
 def end_of_epoch(epoch, logs):
+    if sigterm.stop:  # SageMaker: an epoch cut short by SIGTERM is not recorded
+        return
     log.epoch(epoch + 1, logs["loss"], logs["accuracy"], logs["val_loss"], logs["val_accuracy"],
               cnn.current_learning_rate(optimizer), timer.seconds(),  # Horovod: legacy too
               shard_records * hvd.size())  # Horovod: images of all ranks
@@ -85,13 +90,16 @@ horovod_callbacks = [  # Horovod: after the timer, before epoch_end
     hvd.callbacks.MetricAverageCallback(),  # Horovod: epoch logs averaged over ranks
 ]  # Horovod:
 model.fit(train, epochs=args.epochs, initial_epoch=epochs_done, validation_data=validation,
-          verbose=0, callbacks=[timer, *horovod_callbacks, epoch_end])  # Horovod: + callbacks
+          verbose=0, callbacks=[timer, sigterm.keras_callback(), *horovod_callbacks,  # Horovod:
+                                epoch_end])  # Horovod: + callbacks
 
-eval_loss, eval_accuracy = model.evaluate(evaluation, verbose=0)
+# SageMaker: after a SIGTERM (max_run, spot) the window is short: no eval, save, exit 0.
+eval_loss, eval_accuracy = (None, None) if sigterm.stop else model.evaluate(
+    evaluation, verbose=0)
 # SageMaker: everything in SM_MODEL_DIR becomes model.tar.gz; TF Serving loads <dir>/1/.
 if chief:  # Horovod: one model, from rank 0
     serving.save_for_serving(model, args.sm_model_dir)  # Horovod: (indented)
-log.finish(eval_loss, eval_accuracy,  # Horovod: and the scaled learning rate, for the record
+log.finish(eval_loss, eval_accuracy, stopped=sigterm.stop,  # Horovod: and the scaled lr
            peak_learning_rate=peak_lr)  # Horovod:
 # Horovod: every rank reports; equal weight fingerprints mean the ranks really are in sync.
 print(distributed.rank_line(hvd.rank(), hvd.size(), shard_records, model), flush=True)  # Horovod:

@@ -17,8 +17,10 @@ from cifar import model as cnn
 from cifar.checkpoints import EpochCheckpoints
 from cifar.report import TrainingLog
 from cifar.sagemaker_args import parse_args
+from cifar.stopping import SigtermStop
 
 args = parse_args(__doc__)
+sigterm = SigtermStop()  # SageMaker: SIGTERM at max_run or spot reclaim: stop after the step
 tf.keras.utils.set_random_seed(args.seed)
 
 train = data.make_dataset(args.train, args.batch_size, training=True, channel="train",
@@ -57,10 +59,15 @@ def test_step(images, labels):
     accuracy.update_state(labels, logits)
 
 
-def run_epoch(dataset, step):
-    """Run ``step`` over ``dataset``; returns (mean loss, accuracy) and resets the metrics."""
+def run_epoch(dataset, step, sigterm=None):
+    """Run ``step`` over ``dataset``; returns (mean loss, accuracy) and resets the metrics.
+
+    With ``sigterm``, leaves after the step under way once SIGTERM was agreed on.
+    """
     for images, labels in dataset:
         step(images, labels)
+        if sigterm is not None and sigterm.check():  # SageMaker:
+            break
     result = float(mean_loss.result()), float(accuracy.result())
     mean_loss.reset_state()
     accuracy.reset_state()
@@ -77,14 +84,18 @@ if epochs_done:
 
 for epoch in range(epochs_done + 1, args.epochs + 1):
     start = time.time()
-    train_loss, train_accuracy = run_epoch(train, train_step)
+    train_loss, train_accuracy = run_epoch(train, train_step, sigterm)
     seconds = time.time() - start
+    if sigterm.stop:  # SageMaker: cut short: no validation, no checkpoint of this epoch
+        break
     val_loss, val_accuracy = run_epoch(validation, test_step)
     log.epoch(epoch, train_loss, train_accuracy, val_loss, val_accuracy,
               optimizer.learning_rate, seconds, train_records)
     checkpoints.save(epoch, log.history)
 
-eval_loss, eval_accuracy = run_epoch(evaluation, test_step)
+# SageMaker: after a SIGTERM (max_run, spot) the window is short: no eval, save, exit 0.
+eval_loss, eval_accuracy = (None, None) if sigterm.stop else run_epoch(evaluation,
+                                                                       test_step)
 # SageMaker: everything in SM_MODEL_DIR becomes model.tar.gz; TF Serving loads <dir>/1/.
 serving.save_for_serving(model, args.sm_model_dir)
-log.finish(eval_loss, eval_accuracy)
+log.finish(eval_loss, eval_accuracy, stopped=sigterm.stop)

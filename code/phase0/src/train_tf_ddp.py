@@ -27,6 +27,7 @@ from cifar import model as cnn
 from cifar.checkpoints import EpochCheckpoints
 from cifar.report import TrainingLog
 from cifar.sagemaker_args import parse_args
+from cifar.stopping import SigtermStop
 
 try:  # SMDDP: the library, in SageMaker's TF <= 2.11 GPU training images
     import smdistributed.dataparallel.tensorflow as sdp  # SMDDP:
@@ -41,6 +42,8 @@ args = parse_args(__doc__)
 sdp.init()  # SMDDP: ranks 0..size-1 over all hosts; local_rank counts within a host
 distributed.pin_gpu(sdp.local_rank())  # SMDDP: one GPU per process (where there are GPUs)
 chief = sdp.rank() == 0  # SMDDP: rank 0, not local_rank 0 (one per host), logs and saves
+# SMDDP: all ranks stop at the same step when any got SIGTERM (an allreduce per step).
+sigterm = SigtermStop(agree=average)  # SMDDP: agree=
 if chief:  # SMDDP: first line of the log: which library runs
     print(f"backend: {BACKEND}", flush=True)  # SMDDP:
 tf.keras.utils.set_random_seed(args.seed)
@@ -88,10 +91,15 @@ def test_step(images, labels):
     accuracy.update_state(labels, logits)
 
 
-def run_epoch(dataset, step):
-    """Run ``step`` over ``dataset``; returns (mean loss, accuracy) and resets the metrics."""
+def run_epoch(dataset, step, sigterm=None):
+    """Run ``step`` over ``dataset``; returns (mean loss, accuracy) and resets the metrics.
+
+    With ``sigterm``, leaves after the step under way once SIGTERM was agreed on.
+    """
     for images, labels in dataset:
         step(images, labels)
+        if sigterm is not None and sigterm.check():  # SageMaker:
+            break
     result = average(tf.stack([mean_loss.result(), accuracy.result()]))  # SMDDP: mean
     result = float(result[0]), float(result[1])  # SMDDP: of the ranks' (equal) shards
     mean_loss.reset_state()
@@ -114,19 +122,23 @@ if epochs_done:
 
 for epoch in range(epochs_done + 1, args.epochs + 1):
     start = time.time()
-    train_loss, train_accuracy = run_epoch(train, train_step)
+    train_loss, train_accuracy = run_epoch(train, train_step, sigterm)
     seconds = time.time() - start
     distributed.average_local_statistics(model, average)  # SMDDP: one model everywhere
+    if sigterm.stop:  # SageMaker: cut short: no validation, no checkpoint of this epoch
+        break
     val_loss, val_accuracy = run_epoch(validation, test_step)
     log.epoch(epoch, train_loss, train_accuracy, val_loss, val_accuracy,
               optimizer.learning_rate, seconds, shard_records * sdp.size())  # SMDDP: all ranks
     checkpoints.save(epoch, log.history)
 
-eval_loss, eval_accuracy = run_epoch(evaluation, test_step)
+# SageMaker: after a SIGTERM (max_run, spot) the window is short: no eval, save, exit 0.
+eval_loss, eval_accuracy = (None, None) if sigterm.stop else run_epoch(evaluation,
+                                                                       test_step)
 # SageMaker: everything in SM_MODEL_DIR becomes model.tar.gz; TF Serving loads <dir>/1/.
 if chief:  # SMDDP: one model, from rank 0
     serving.save_for_serving(model, args.sm_model_dir)  # SMDDP: (indented)
-log.finish(eval_loss, eval_accuracy,  # SMDDP: and the scaled learning rate, for the record
+log.finish(eval_loss, eval_accuracy, stopped=sigterm.stop,  # SMDDP: and the scaled lr
            peak_learning_rate=peak_lr)  # SMDDP:
 # SMDDP: every rank reports; equal weight fingerprints mean the ranks really are in sync.
 print(distributed.rank_line(sdp.rank(), sdp.size(), shard_records, model), flush=True)  # SMDDP:

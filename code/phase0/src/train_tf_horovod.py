@@ -24,11 +24,14 @@ from cifar import model as cnn
 from cifar.checkpoints import EpochCheckpoints
 from cifar.report import TrainingLog
 from cifar.sagemaker_args import parse_args
+from cifar.stopping import SigtermStop
 
 args = parse_args(__doc__)
 hvd.init()  # Horovod: ranks 0..size-1 over all hosts; local_rank counts within a host
 distributed.pin_gpu(hvd.local_rank())  # Horovod: one GPU per process (where there are GPUs)
 chief = hvd.rank() == 0  # Horovod: rank 0, not local_rank 0 (one per host), logs and saves
+# Horovod: all ranks stop at the same step when any got SIGTERM (an allreduce per step).
+sigterm = SigtermStop(agree=hvd.allreduce)  # Horovod: agree=
 tf.keras.utils.set_random_seed(args.seed)
 
 # Horovod: each rank reads its own 1/size of train and validation (equal, disjoint shares), so an
@@ -74,10 +77,15 @@ def test_step(images, labels):
     accuracy.update_state(labels, logits)
 
 
-def run_epoch(dataset, step):
-    """Run ``step`` over ``dataset``; returns (mean loss, accuracy) and resets the metrics."""
+def run_epoch(dataset, step, sigterm=None):
+    """Run ``step`` over ``dataset``; returns (mean loss, accuracy) and resets the metrics.
+
+    With ``sigterm``, leaves after the step under way once SIGTERM was agreed on.
+    """
     for images, labels in dataset:
         step(images, labels)
+        if sigterm is not None and sigterm.check():  # SageMaker:
+            break
     result = hvd.allreduce(tf.stack([mean_loss.result(), accuracy.result()]))  # Horovod: mean
     result = float(result[0]), float(result[1])  # Horovod: of the ranks' (equal) shards
     mean_loss.reset_state()
@@ -100,19 +108,23 @@ if epochs_done:
 
 for epoch in range(epochs_done + 1, args.epochs + 1):
     start = time.time()
-    train_loss, train_accuracy = run_epoch(train, train_step)
+    train_loss, train_accuracy = run_epoch(train, train_step, sigterm)
     seconds = time.time() - start
     distributed.average_local_statistics(model, hvd.allreduce)  # Horovod: one model everywhere
+    if sigterm.stop:  # SageMaker: cut short: no validation, no checkpoint of this epoch
+        break
     val_loss, val_accuracy = run_epoch(validation, test_step)
     log.epoch(epoch, train_loss, train_accuracy, val_loss, val_accuracy,
               optimizer.learning_rate, seconds, shard_records * hvd.size())  # Horovod: all ranks
     checkpoints.save(epoch, log.history)
 
-eval_loss, eval_accuracy = run_epoch(evaluation, test_step)
+# SageMaker: after a SIGTERM (max_run, spot) the window is short: no eval, save, exit 0.
+eval_loss, eval_accuracy = (None, None) if sigterm.stop else run_epoch(evaluation,
+                                                                       test_step)
 # SageMaker: everything in SM_MODEL_DIR becomes model.tar.gz; TF Serving loads <dir>/1/.
 if chief:  # Horovod: one model, from rank 0
     serving.save_for_serving(model, args.sm_model_dir)  # Horovod: (indented)
-log.finish(eval_loss, eval_accuracy,  # Horovod: and the scaled learning rate, for the record
+log.finish(eval_loss, eval_accuracy, stopped=sigterm.stop,  # Horovod: and the scaled lr
            peak_learning_rate=peak_lr)  # Horovod:
 # Horovod: every rank reports; equal weight fingerprints mean the ranks really are in sync.
 print(distributed.rank_line(hvd.rank(), hvd.size(), shard_records, model), flush=True)  # Horovod:

@@ -25,11 +25,14 @@ from cifar import model as cnn
 from cifar.checkpoints import EpochCheckpoints
 from cifar.report import TrainingLog
 from cifar.sagemaker_args import parse_args
+from cifar.stopping import SigtermStop, mwms_agreement  # MWMS: + mwms_agreement
 
 args = parse_args(__doc__)
 strategy = tf.distribute.MultiWorkerMirroredStrategy()  # MWMS: first, before any other TF op
 worker, workers = distributed.mwms_worker()  # MWMS: this worker's index and the count (TF_CONFIG)
 chief = worker == 0  # MWMS: worker 0 logs and keeps what it saves
+# MWMS: all workers stop at the same step when any got SIGTERM (a collective per step).
+sigterm = SigtermStop(agree=mwms_agreement(strategy))  # MWMS: agree=
 tf.keras.utils.set_random_seed(args.seed)
 
 # MWMS: each worker reads its own 1/workers of train and validation (equal, disjoint shares), so
@@ -92,10 +95,15 @@ def replicated(step, images, labels):  # MWMS:
     strategy.run(step, args=(images, labels))  # MWMS:
 
 
-def run_epoch(dataset, step):
-    """Run ``step`` over ``dataset``; returns (mean loss, accuracy) and resets the metrics."""
+def run_epoch(dataset, step, sigterm=None):
+    """Run ``step`` over ``dataset``; returns (mean loss, accuracy) and resets the metrics.
+
+    With ``sigterm``, leaves after the step under way once SIGTERM was agreed on.
+    """
     for images, labels in dataset:
         replicated(step, images, labels)  # MWMS:
+        if sigterm is not None and sigterm.check():  # SageMaker:
+            break
     result = float(mean_loss.result()), float(accuracy.result())
     mean_loss.reset_state()
     accuracy.reset_state()
@@ -117,20 +125,24 @@ if epochs_done:
 
 for epoch in range(epochs_done + 1, args.epochs + 1):
     start = time.time()
-    train_loss, train_accuracy = run_epoch(train, train_step)
+    train_loss, train_accuracy = run_epoch(train, train_step, sigterm)
     seconds = time.time() - start
     distributed.mwms_average_local_statistics(strategy, model)  # MWMS: one model everywhere
+    if sigterm.stop:  # SageMaker: cut short: no validation, no checkpoint of this epoch
+        break
     val_loss, val_accuracy = run_epoch(validation, test_step)
     log.epoch(epoch, train_loss, train_accuracy, val_loss, val_accuracy,
               tf.convert_to_tensor(optimizer.learning_rate),  # MWMS: mirrored on Keras 2
               seconds, shard_records * workers)  # MWMS: images of all workers
     checkpoints.save(epoch, log.history)
 
-eval_loss, eval_accuracy = run_epoch(evaluation, test_step)
+# SageMaker: after a SIGTERM (max_run, spot) the window is short: no eval, save, exit 0.
+eval_loss, eval_accuracy = (None, None) if sigterm.stop else run_epoch(evaluation,
+                                                                       test_step)
 # SageMaker: everything in SM_MODEL_DIR becomes model.tar.gz; TF Serving loads <dir>/1/.
 # MWMS: every worker saves (as with the checkpoints); only the chief's copy is kept.
 serving.save_for_serving(model, distributed.worker_dir(args.sm_model_dir, chief))  # MWMS:
-log.finish(eval_loss, eval_accuracy,  # MWMS: and the scaled learning rate, for the record
+log.finish(eval_loss, eval_accuracy, stopped=sigterm.stop,  # MWMS: and the scaled lr
            peak_learning_rate=peak_lr)  # MWMS:
 # MWMS: every worker reports; equal weight fingerprints mean the replicas really are in sync.
 print(distributed.rank_line(worker, workers, shard_records, model, role="worker"),  # MWMS:

@@ -43,6 +43,7 @@ from typing import Optional
 from . import DEFAULT_DATA_DIR, RUNS_DIR, SRC_DIR, entry_points, resolve
 from .dataset import CHANNELS_NAME, SPLITS
 from .files import write_json_atomic
+from .log_format import METRIC_DEFINITIONS  # noqa: F401  (notebooks use jobs.METRIC_DEFINITIONS)
 from .process_mode import run_process_job
 
 # Harmless for everyone: silences the SDK v2 deprecation banner printed at import, and the
@@ -57,23 +58,6 @@ DEFAULT_REGION = "us-east-1"  # process/local only name images with it; nothing 
 OFFLINE_ROLE = "arn:aws:iam::111111111111:role/workshop-offline-no-aws"
 LOCAL_OUTPUT = "local-output"  # local mode's output_path under runs/
 
-_NUMBER = r"([-+]?(?:\d+\.?\d*|\.\d+)(?:[eE][-+]?\d+)?|nan|inf)"
-_EPOCH = r"epoch \d+/\d+ .*?"
-# The entry points print (cifar/report.py):
-#   epoch 3/20 - loss: 1.2345 - accuracy: 0.5678 - val_loss: 1.1111 - val_accuracy: 0.6000
-#       - lr: 0.050000 - time: 12.3s - images/s: 3250.1          (one line)
-#   eval - loss: 0.4567 - accuracy: 0.8512
-# "- loss:"/"- accuracy:" cannot match inside "- val_loss:"/"- val_accuracy:".
-METRIC_DEFINITIONS = [
-    {"Name": "train:loss", "Regex": _EPOCH + r"- loss: " + _NUMBER},
-    {"Name": "train:accuracy", "Regex": _EPOCH + r"- accuracy: " + _NUMBER},
-    {"Name": "validation:loss", "Regex": _EPOCH + r"- val_loss: " + _NUMBER},
-    {"Name": "validation:accuracy", "Regex": _EPOCH + r"- val_accuracy: " + _NUMBER},
-    {"Name": "train:images_per_sec", "Regex": _EPOCH + r"- images/s: " + _NUMBER},
-    {"Name": "train:epoch_seconds", "Regex": _EPOCH + r"- time: " + _NUMBER + "s"},
-    {"Name": "eval:loss", "Regex": r"eval - loss: " + _NUMBER},
-    {"Name": "eval:accuracy", "Regex": r"eval - loss: \S+ - accuracy: " + _NUMBER},
-]
 
 
 class ModeUnavailable(RuntimeError):
@@ -96,6 +80,9 @@ class JobResult:
     spot: bool = False
     training_seconds: Optional[int] = None  # host: TrainingTimeInSeconds
     billable_seconds: Optional[int] = None  # host: BillableTimeInSeconds (spot savings included)
+    status: str = "Completed"               # or "Stopped": max_run reached (DescribeTrainingJob)
+    stop_reason: Optional[str] = None       # "MaxRuntimeExceeded" (SageMaker's secondary status)
+    stopped_after_epoch: Optional[int] = None  # Stopped: the last finished epoch
 
 
 # ------------------------------------------------------------ mode-dependent Estimator values
@@ -305,17 +292,22 @@ def command_succeeds(command, timeout=20):
 
 def run_in_process(estimator, inputs, runs_dir=RUNS_DIR, logs=True):
     """Process mode: the estimator's entry point on this machine, under the container's contract
-    (process_mode.py). Returns the JobResult; runs_dir is where job folders go."""
+    (process_mode.py), with a progress bar. Returns the JobResult; a job stopped at max_run
+    returns too (status "Stopped", with the SDK's warning). runs_dir: where job folders go."""
+    from .progress import EpochProgress
+
     started = time.monotonic()
-    job = run_process_job(estimator, inputs, runs_dir=runs_dir,
-                          stream=sys.stdout if logs else None)
-    return collect(estimator, "process", job.job_name, job.model_artifact, job.output_data_dir,
-                   wall_seconds=time.monotonic() - started, logs_path=job.logs_path)
+    with EpochProgress(estimator.base_job_name or "job") as bar:
+        job = run_process_job(estimator, inputs, runs_dir=runs_dir,
+                              stream=sys.stdout if logs else None, on_line=bar)
+    result = collect(estimator, "process", job.job_name, job.model_artifact, job.output_data_dir,
+                     wall_seconds=time.monotonic() - started, logs_path=job.logs_path)
+    return with_status(result, job.status, job.stop_reason, job.last_epoch)
 
 
 def result_of(estimator, runs_dir=RUNS_DIR):
     """The JobResult of the estimator's last ``fit()`` (local or host mode, waited for): its
-    artifacts copied to runs/<job>/, metrics.json, and the job's own times."""
+    artifacts copied to runs/<job>/, metrics.json, the job's own times and how it ended."""
     if estimator.latest_training_job is None:
         raise ValueError("result_of() reads a finished job: call estimator.fit(inputs) first.")
     job_name = estimator.latest_training_job.name
@@ -328,11 +320,13 @@ def result_of(estimator, runs_dir=RUNS_DIR):
     else:
         model_tar, output_tar = download_artifacts(estimator, job_dir)
     started, ended = described.get("TrainingStartTime"), described.get("TrainingEndTime")
-    return collect(estimator, "local" if local else "host", job_name, model_tar,
-                   extract(output_tar, job_dir / "output"),
-                   wall_seconds=(ended - started).total_seconds() if started and ended else 0.0,
-                   training_seconds=described.get("TrainingTimeInSeconds"),
-                   billable_seconds=described.get("BillableTimeInSeconds"))
+    result = collect(estimator, "local" if local else "host", job_name, model_tar,
+                     extract(output_tar, job_dir / "output"),
+                     wall_seconds=(ended - started).total_seconds() if started and ended else 0.0,
+                     training_seconds=described.get("TrainingTimeInSeconds"),
+                     billable_seconds=described.get("BillableTimeInSeconds"))
+    return with_status(result, described.get("TrainingJobStatus", "Completed"),
+                       described.get("SecondaryStatus"), None)
 
 
 def move_local_artifacts(model_uri, job_dir):
@@ -380,6 +374,17 @@ def collect(estimator, mode, job_name, model_tar, output_dir, wall_seconds, logs
                      instance_count=int(estimator.instance_count or 1),
                      spot=bool(estimator.use_spot_instances),
                      training_seconds=training_seconds, billable_seconds=billable_seconds)
+
+
+def with_status(result, status, reason, last_epoch_logged):
+    """``result`` with how the job ended; a Stopped job's last finished epoch comes from its
+    metrics.json (the entry point saved on SIGTERM), else from its last epoch line."""
+    result.status = status
+    if status == "Stopped":
+        result.stop_reason = reason
+        result.stopped_after_epoch = result.metrics.get("stopped_after_epoch",
+                                                        last_epoch_logged)
+    return result
 
 
 # ------------------------------------------------------------------------------- reporting

@@ -32,6 +32,29 @@ Distribution, with simulated hosts algo-1..algo-N (N = instance_count) on this o
 If any process fails, the others are stopped at once and ``JobFailed`` is raised. All simulated
 hosts share the one job folder, so entry points must write model/output from the chief only.
 
+max_run, as SageMaker: at ``MaxRuntimeInSeconds`` SageMaker sends SIGTERM and ends the job 120 s
+later, "so algorithms can use this window to save the model artifacts" (StoppingCondition, API
+reference); the job ends ``Stopped`` (secondary status ``MaxRuntimeExceeded``), whatever
+/opt/ml/model holds is uploaded as model.tar.gz, and the SDK's ``fit()`` only logs a warning
+(``sagemaker.session._check_job_status``). Process mode does the same: SIGTERM to every process
+of the job (``stop_grace`` s, default 120, then SIGKILL), status "Stopped", model.tar.gz packed
+from the model folder, no ``output/failure`` (nothing fails; ``output/success`` only if every
+process exited 0, as the toolkit writes it when the entry point returns 0), the SDK's warning
+text as a ``JobStoppedWarning``. A failure (non-zero exit without a stop) raises JobFailed, and
+an interrupt (KeyboardInterrupt) stops every process, writes output/failure and goes on.
+
+How SIGTERM reaches the entry point in a SageMaker image (read 2026-11): the platform signals
+the container's PID 1, which is the toolkit's ``train`` (or the image's entry script running
+it). sagemaker-training 5.1.4 installs no signal handler and does not forward SIGTERM to the
+entry point or to mpirun (trainer.py, process.py, mpi.py; aws/sagemaker-training-toolkit issues
+#125 and #173 and PR #126, open; aws/deep-learning-containers#632): there, an entry point may
+never see the signal, and is SIGKILLed with the rest at the end of the window. Had the toolkit
+forwarded it to mpirun, Open MPI 4.1 would give the ranks SIGTERM and SIGKILL them 1 s later
+(``odls_base_sigkill_timeout``). Process mode gives the window to every process instead (to
+the ranks directly, see supervisor.py): it runs the entry points as a forwarding toolkit would,
+and what they save then is what a SageMaker job keeps only if the signal reaches them. What a
+SageMaker job always keeps is the checkpoint of every finished epoch (checkpoint_s3_uri).
+
 Checkpoints: SageMaker syncs /opt/ml/checkpoints with checkpoint_s3_uri. Here a ``file://`` URI
 (or a local path) is that persistent place: ``<job>/checkpoints`` is a symlink to it, so running
 the same estimator again resumes. An ``s3://`` URI gets a plain, unsynced folder.
@@ -46,13 +69,16 @@ import shlex
 import shutil
 import sys
 import time
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import urlparse
 
 from . import RUNS_DIR
 from .files import free_ports, pack_folder, write_atomic, write_json_atomic
-from .supervisor import LogSink, Proc, supervise
+from .log_format import parse_epoch_line
+from .progress import MaxRunProjection
+from .supervisor import MAX_RUN_GRACE_SECONDS, LogSink, Proc, supervise
 from .toolkit_env import (
     INSTANCE_GROUP,
     TOOLKIT_SAGEMAKER_HYPERPARAMETERS,
@@ -65,6 +91,17 @@ from .toolkit_env import (
 )
 
 DEFAULT_PROCESSES_PER_HOST = 1  # a simulated host has no GPUs to give one process each
+# What sagemaker.session._check_job_status logs for a Stopped job (SDK 2.257.7), word for word.
+SDK_STOPPED_WARNING = ("Job ended with status 'Stopped' rather than 'Completed'. "
+                       "This could mean the job timed out or stopped early for some other "
+                       "reason: Consider checking whether it completed as you expect.")
+
+
+class JobStoppedWarning(UserWarning):
+    """A job was stopped (max_run) rather than completed; its model.tar.gz holds what it saved."""
+
+
+warnings.simplefilter("always", JobStoppedWarning)  # every stopped job, not only the first
 
 
 class JobFailed(RuntimeError):
@@ -87,6 +124,10 @@ class ProcessJob:
     wall_seconds: float
     launcher: str
     num_processes: int
+    status: str = "Completed"          # or "Stopped" (max_run), as DescribeTrainingJob says
+    stop_reason: str = None            # "MaxRuntimeExceeded" (SageMaker's secondary status)
+    seconds_to_exit: float = None      # Stopped: from SIGTERM to the last process gone
+    last_epoch: int = None             # the last epoch line in the log (None: none seen)
 
 
 @dataclass
@@ -112,12 +153,17 @@ class JobSpec:
 
 
 def run_process_job(estimator, inputs, job_name=None, runs_dir=RUNS_DIR, stream=sys.stdout,
-                    timeout=None):
+                    timeout=None, stop_grace=MAX_RUN_GRACE_SECONDS, on_line=None,
+                    stop_request=None):
     """Run ``estimator``'s entry point here under the container contract; returns a ProcessJob.
 
     inputs: {channel: local folder or file:// URI} (a single value means channel "training").
     stream: where log lines go live (None: only to logs.txt).
-    timeout: seconds; default the estimator's max_run, which is what stops a SageMaker job.
+    timeout: seconds; default the estimator's max_run, which is what stops a SageMaker job:
+        then SIGTERM, ``stop_grace`` seconds, SIGKILL; the job ends "Stopped" (see above).
+    on_line: called with every log line (e.g. a progress.EpochProgress bar).
+    stop_request: a threading.Event; set, the job is stopped as at max_run (SageMaker's
+        StopTrainingJob: status "Stopped", reason "Stopped").
     """
     started = time.monotonic()
     spec = describe_job(estimator, inputs, job_name, Path(runs_dir))
@@ -125,18 +171,51 @@ def run_process_job(estimator, inputs, job_name=None, runs_dir=RUNS_DIR, stream=
     paths = lay_out_job(spec)
     limit = timeout if timeout is not None else getattr(estimator, "max_run", None)
     processes = count_processes(spec)
-    with LogSink(stream, paths.logs) as log:
+    epochs = LastEpoch()
+    projection = MaxRunProjection(limit, None, spec.job_name, started) if limit else None
+    with LogSink(stream, paths.logs, hooks=[on_line, epochs, projection]) as log:
+        if projection:
+            projection.say = log.line
         log.line(f"process mode: job {spec.job_name} in {spec.job_dir} "
                  f"({spec.launcher}, {len(spec.hosts)} host(s), {processes} process(es))")
-        failure = supervise(procs, log, limit, label_lines=processes > 1,
-                            processes_per_host=spec.processes_per_host)
-        if failure:
-            fail_job(spec, paths, log, *failure)
-        write_atomic(os.path.join(paths.output, "success"), "")
+        try:
+            outcome = supervise(procs, log, limit, label_lines=processes > 1,
+                                processes_per_host=spec.processes_per_host, grace=stop_grace,
+                                stop_request=stop_request)
+        except KeyboardInterrupt:
+            write_atomic(os.path.join(paths.output, "failure"),
+                         "interrupted (KeyboardInterrupt): every process was stopped\n")
+            log.line(f"process mode: job {spec.job_name} interrupted; every process stopped")
+            raise
+        if outcome.status == "Failed":
+            fail_job(spec, paths, log, outcome.what, outcome.exit_code)
+        if outcome.exit_code == 0:
+            write_atomic(os.path.join(paths.output, "success"), "")
+        if outcome.status == "Stopped":
+            log.line(f"process mode: job {spec.job_name} Stopped ({outcome.what}) after "
+                     f"{time.monotonic() - started:.0f}s; model.tar.gz holds what the model "
+                     f"folder holds")
     model_tar = pack_folder(paths.model, spec.job_dir / "model.tar.gz")
     output_tar = pack_folder(paths.output_data, spec.job_dir / "output.tar.gz")
+    if outcome.status == "Stopped":
+        warnings.warn(SDK_STOPPED_WARNING, JobStoppedWarning, stacklevel=2)
     return ProcessJob(spec.job_name, spec.job_dir, model_tar, output_tar, Path(paths.output_data),
-                      Path(paths.logs), time.monotonic() - started, spec.launcher, processes)
+                      Path(paths.logs), time.monotonic() - started, spec.launcher, processes,
+                      status=outcome.status,
+                      stop_reason=outcome.what if outcome.status == "Stopped" else None,
+                      seconds_to_exit=outcome.seconds_to_exit, last_epoch=epochs.epoch)
+
+
+class LastEpoch:
+    """Log hook: the number of the last epoch line seen."""
+
+    def __init__(self):
+        self.epoch = None
+
+    def __call__(self, line):
+        parsed = parse_epoch_line(line)
+        if parsed:
+            self.epoch = parsed.epoch
 
 
 # ------------------------------------------------------------------- estimator -> JobSpec

@@ -2,6 +2,20 @@
 
 Each process starts in its own session (process group), so stopping a job reaches mpirun's ranks
 and anything they started. mpirun's ``--tag-output`` prefixes become ``[algo-H,rank R]``.
+
+Three ways a job ends early:
+  a process fails      the others get SIGTERM, SIGKILL 5 s later (a rank may be stuck in a
+                       collective with the dead one: no point waiting).
+  max_run is reached   as SageMaker at MaxRuntimeInSeconds: SIGTERM to every process of the
+                       job, then ``grace`` seconds (SageMaker: 120) to save and exit, then
+                       SIGKILL. mpirun itself is left out, only its ranks get the signal: Open
+                       MPI 4.1's mpirun, on SIGTERM, sends its ranks SIGTERM and SIGKILLs them
+                       ``odls_base_sigkill_timeout`` seconds later (default 1), so signalling
+                       mpirun would take the window away; given only to the ranks, they exit 0
+                       in their own time and mpirun then ends normally (seen with Open MPI
+                       4.1.4 here). See process_mode.py for what the SageMaker image does.
+  KeyboardInterrupt    (a notebook's "interrupt"): everything is stopped as for a failure and
+                       the interrupt goes on to the caller.
 """
 
 import os
@@ -13,8 +27,12 @@ import time
 from collections import deque
 from dataclasses import dataclass
 
+import psutil
+
 TAIL_LINES = 40
-STOP_GRACE_SECONDS = 5
+STOP_GRACE_SECONDS = 5       # after a failure or an interrupt
+MAX_RUN_GRACE_SECONDS = 120  # SageMaker: SIGTERM at max_run, the job is ended 120 s later
+MPI_LAUNCHERS = ("mpirun", "orterun", "mpiexec", "orted", "prterun", "prted")
 MPI_TAG = re.compile(r"^\[\d+,(\d+)\]<(?:stdout|stderr)>:(.*)$")
 MPI_EMPTY_TAG = re.compile(r"\[\d+,\d+\]<(?:stdout|stderr)>:$")  # mpirun tags a rank's EOF too
 
@@ -26,12 +44,26 @@ class Proc:
     env: dict
 
 
+@dataclass
+class Outcome:
+    """How the processes ended. status: Completed | Failed | Stopped (max_run)."""
+    status: str
+    what: str = ""
+    exit_code: int = None
+    seconds_to_exit: float = None  # Stopped: from SIGTERM to the last process gone
+    killed: bool = False           # Stopped: some process outlived the grace period
+
 
 class LogSink:
-    """Log lines go to the live stream and logs.txt; the last ones are kept for errors."""
+    """Log lines go to the live stream and logs.txt; the last ones are kept for errors.
 
-    def __init__(self, stream, path):
+    hooks: callables given each line after it is written (progress bar, max_run projection);
+    a hook may itself write lines.
+    """
+
+    def __init__(self, stream, path, hooks=()):
         self.stream, self.path = stream, path
+        self.hooks = [hook for hook in hooks if hook is not None]
         self.tail = deque(maxlen=TAIL_LINES)
         self.lock = threading.Lock()
 
@@ -50,10 +82,18 @@ class LogSink:
             if self.stream is not None:
                 self.stream.write(text + "\n")
                 self.stream.flush()
+        for hook in self.hooks:  # outside the lock: a hook may call line()
+            hook(text)
 
 
-def supervise(procs, log, timeout, label_lines, processes_per_host):
-    """Run all processes; stop the rest as soon as one fails. None, or (what, exit code)."""
+def supervise(procs, log, timeout, label_lines, processes_per_host,
+              grace=MAX_RUN_GRACE_SECONDS, stop_request=None):
+    """Run all processes; stop the rest as soon as one fails; at ``timeout`` s stop them all as
+    SageMaker does at max_run (SIGTERM, ``grace`` s, SIGKILL). Returns an Outcome.
+
+    stop_request: a threading.Event; set, it stops the job the same way, as SageMaker's
+    StopTrainingJob does (secondary status "Stopped" instead of "MaxRuntimeExceeded").
+    """
     running, readers = [], []
     deadline = time.monotonic() + timeout if timeout else None
     try:
@@ -67,14 +107,27 @@ def supervise(procs, log, timeout, label_lines, processes_per_host):
             for pipe in (popen.stdout, popen.stderr):
                 readers.append(start_reader(pipe, proc.label, log, label_lines,
                                             processes_per_host))
-        return wait_for_all(running, deadline, timeout)
+        outcome = wait_for_all(running, deadline, stop_request)
+        if outcome is None:
+            asked = stop_request is not None and stop_request.is_set()
+            why = "stop requested" if asked else f"max_run ({timeout:.0f}s) reached"
+            log.line(f"process mode: {why}: SIGTERM to every process of the job, "
+                     f"{grace:.0f}s to save and exit (as SageMaker does)")
+            outcome = stop_gracefully([popen for _, popen in running], grace,
+                                      "Stopped" if asked else "MaxRuntimeExceeded")
+            log.line(f"process mode: all processes ended {outcome.seconds_to_exit:.1f}s after "
+                     f"SIGTERM" + (" (SIGKILLed after the grace period)" if outcome.killed
+                                   else ""))
+        return outcome
     finally:
         stop_all([popen for _, popen in running])
         for reader in readers:
             reader.join(timeout=STOP_GRACE_SECONDS)
 
 
-def wait_for_all(running, deadline, timeout):
+def wait_for_all(running, deadline, stop_request=None):
+    """Completed or Failed as soon as that is known; None when the deadline passes (or a stop
+    is requested) first."""
     while True:
         for proc, popen in running:
             code = popen.poll()
@@ -82,12 +135,60 @@ def wait_for_all(running, deadline, timeout):
                 who = f"process on {proc.label}" if proc.label else "entry point"
                 if os.path.basename(proc.argv[0]) == "mpirun":
                     who = "mpirun (a rank failed)"
-                return f"{who} exited with code {code}", code
+                return Outcome("Failed", f"{who} exited with code {code}", code)
         if all(popen.poll() == 0 for _, popen in running):
-            return None
+            return Outcome("Completed", exit_code=0)
         if deadline and time.monotonic() > deadline:
-            return f"timed out after {timeout:.0f}s (the estimator's max_run or `timeout`)", None
+            return None
+        if stop_request is not None and stop_request.is_set():
+            return None
         time.sleep(0.05)
+
+
+def stop_gracefully(popens, grace, reason):
+    """SIGTERM to every process of the job but the MPI launchers; SIGKILL after ``grace`` s."""
+    started = time.monotonic()
+    for pid in job_processes(popens):
+        try:
+            os.kill(pid, signal.SIGTERM)
+        except ProcessLookupError:
+            pass
+    killed = not wait_until_exited(popens, started + grace)
+    if killed:
+        for popen in popens:
+            signal_group(popen, signal.SIGKILL)
+            popen.wait()
+    codes = [popen.returncode for popen in popens]
+    return Outcome("Stopped", reason, max(codes, key=abs),
+                   round(time.monotonic() - started, 2), killed)
+
+
+def job_processes(popens):
+    """PIDs of the processes we started and all their descendants (mpirun may give its ranks
+    their own process groups), MPI launchers (mpirun, orted) left out."""
+    pids = []
+    for popen in popens:
+        try:
+            root = psutil.Process(popen.pid)
+            family = [root, *root.children(recursive=True)]
+        except psutil.NoSuchProcess:
+            continue
+        for process in family:
+            try:
+                if process.name() not in MPI_LAUNCHERS:
+                    pids.append(process.pid)
+            except psutil.NoSuchProcess:
+                continue
+    return pids
+
+
+def wait_until_exited(popens, deadline):
+    for popen in popens:
+        try:
+            popen.wait(timeout=max(0.0, deadline - time.monotonic()))
+        except subprocess.TimeoutExpired:
+            return False
+    return True
 
 
 def start_reader(pipe, label, log, label_lines, processes_per_host):
@@ -113,12 +214,7 @@ def stop_all(popens):
     """SIGTERM every process group we started (ranks and their children too), then SIGKILL."""
     for popen in popens:
         signal_group(popen, signal.SIGTERM)
-    deadline = time.monotonic() + STOP_GRACE_SECONDS
-    for popen in popens:
-        try:
-            popen.wait(timeout=max(0.0, deadline - time.monotonic()))
-        except subprocess.TimeoutExpired:
-            pass
+    wait_until_exited(popens, time.monotonic() + STOP_GRACE_SECONDS)
     for popen in popens:
         signal_group(popen, signal.SIGKILL)
         popen.wait()

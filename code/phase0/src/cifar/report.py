@@ -67,12 +67,22 @@ class TrainingLog:
             self.writer.flush()
         return row
 
-    def finish(self, eval_loss, eval_accuracy, **extra):
-        """Print the eval line and write metrics.json atomically (chief only)."""
-        self.say(eval_line(eval_loss, eval_accuracy))
+    def finish(self, eval_loss, eval_accuracy, stopped=False, **extra):
+        """Print the eval line and write metrics.json atomically (chief only).
+
+        stopped: the run was cut short by SIGTERM (see stopping.py) and the model saved: no eval
+        (None), and metrics.json records after which epoch it stopped.
+        """
+        if stopped:
+            done = self.history[-1]["epoch"] if self.history else 0
+            self.say(f"stopped by SIGTERM after epoch {done}: model saved")
+            extra = {"stopped_by": "SIGTERM", "stopped_after_epoch": done, **extra}
+        else:
+            self.say(eval_line(eval_loss, eval_accuracy))
         timed = self.history[1:] or self.history  # the first epoch includes tracing
         metrics = {
-            "eval_loss": float(eval_loss), "eval_accuracy": float(eval_accuracy),
+            "eval_loss": None if eval_loss is None else float(eval_loss),
+            "eval_accuracy": None if eval_accuracy is None else float(eval_accuracy),
             "epochs": len(self.history), "workers": self.workers,
             "images_per_sec": round(mean(r["images_per_sec"] for r in timed), 1),
             "epoch_seconds": round(mean(r["seconds"] for r in timed), 3),
