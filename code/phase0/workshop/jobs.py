@@ -151,11 +151,18 @@ def role_for(mode, role_arn, session):
             f"finding it automatically only works on SageMaker notebooks ({err})") from err
 
 
-def checkpoint_uri_for(mode, session, bucket, base_job_name):
-    """A fresh checkpoint location per estimator; None in local mode (the SDK refuses one)."""
+def checkpoint_uri_for(mode, session, bucket, base_job_name, resume_from=""):
+    """A fresh checkpoint location per estimator; None in local mode (the SDK refuses one).
+
+    resume_from: an earlier job's name (RESUME_FROM): its checkpoint location instead, so the
+    new job resumes after that job's last finished epoch (workshop/resume.py)."""
     from sagemaker.utils import name_from_base
 
     check_mode(mode)
+    if resume_from:
+        from .resume import checkpoint_to_resume
+
+        return checkpoint_to_resume(mode, resume_from, session=session)
     unique_name = name_from_base(base_job_name)
     if mode == "host":
         return f"s3://{bucket or session.default_bucket()}/{unique_name}/checkpoints"
@@ -393,7 +400,7 @@ def with_status(result, status, reason, last_epoch_logged):
 def headline(result):
     """The figures a notebook prints on its RESULT line."""
     metrics = result.metrics
-    return {"mode": result.mode, "job_name": result.job_name,
+    return {"mode": result.mode, "job_name": result.job_name, "status": result.status,
             "eval_accuracy": metrics.get("eval_accuracy"), "epochs": metrics.get("epochs"),
             "workers": metrics.get("workers"), "images_per_sec": metrics.get("images_per_sec"),
             "epoch_seconds": metrics.get("epoch_seconds"), "wall_seconds": result.wall_seconds}

@@ -30,13 +30,33 @@ def print_diff(script):
     print(script_diff(script))
 
 
-def show_run(result):
-    """One line of figures and the per-epoch curves."""
-    from . import plots
+def progress(estimator):
+    """A progress bar (epochs, images/s, ETA) fed by the logs ``estimator.fit`` streams."""
+    from .progress import stdout_progress
 
+    return stdout_progress(estimator.base_job_name or "job")
+
+
+def show_run(result, data_dir, epochs):
+    """One line of figures and the per-epoch curves. A job stopped at max_run still has a model:
+    it is evaluated here on the eval split, and the line says how to continue the job."""
+    from . import dataset, inference, plots
+
+    if result.status == "Stopped":
+        signature = inference.load_signature(result.model_artifact)
+        images, labels = dataset.read_examples(data_dir, "eval", count=None)
+        accuracy = float((inference.predict_classes(signature, images) == labels).mean())
+        result.metrics["eval_accuracy"] = round(accuracy, 4)  # of the model saved at the stop
+        done = result.stopped_after_epoch or 0
+        print(f"job {result.job_name} was stopped ({result.stop_reason}) after epoch {done} of "
+              f"{epochs}; its model.tar.gz holds the weights it had. To continue it from epoch "
+              f"{done + 1}, run this notebook again with RESUME_FROM = {result.job_name!r} and "
+              f"the same EPOCHS (and a MAX_RUN that fits the rest).")
     print(f"job {result.job_name}: eval accuracy {result.metrics['eval_accuracy']:.4f}, "
-          f"{result.metrics['images_per_sec']:.0f} images/s, {result.wall_seconds:.0f} s")
-    plots.training_curves(result.history, result.job_name)
+          f"{result.metrics.get('images_per_sec') or 0:.0f} images/s, "
+          f"{result.wall_seconds:.0f} s")
+    if result.history:
+        plots.training_curves(result.history, result.job_name)
 
 
 def show_predictions(result, data_dir, count=16):
