@@ -114,6 +114,8 @@ def run_epoch(dataset, step, sigterm=None):
 # job, e.g. after a spot interruption, resumes after the last finished epoch.
 checkpoints = EpochCheckpoints(args.checkpoint_dir, model, optimizer)
 epochs_done, history = checkpoints.restore()
+epochs_done = distributed.mwms_check_agreement(  # MWMS: workers that resume at different
+    strategy, epochs_done, "the epochs done (restored checkpoints)")  # MWMS: epochs would hang
 # MWMS: every worker restores (SageMaker copies checkpoint_s3_uri to every instance), so all start
 # alike; then only the chief saves there, the others into throwaway folders: all must take part.
 checkpoints = EpochCheckpoints(distributed.worker_dir(args.checkpoint_dir, chief),  # MWMS:
