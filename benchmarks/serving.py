@@ -65,7 +65,7 @@ def main():
     images = rng.integers(0, 256, (2000, 32, 32, 3), dtype=np.uint8)
 
     model = TensorFlowModel(model_data=f"file://{artifact}", framework_version="2.19",
-                            role=jobs.OFFLINE_ROLE, sagemaker_session=jobs.make_session("process"))
+                            role=jobs.OFFLINE_ROLE, sagemaker_session=jobs.session_for("process"))
     predictor = deploy.serve_in_process(model, runs_dir=work / "runs")
     try:
         def in_process(batch):

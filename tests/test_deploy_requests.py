@@ -36,7 +36,7 @@ def host_model(artifact):
     """4.1's model cell in host mode; returns (model, requests sent: [(operation, params)])."""
     from sagemaker.tensorflow import TensorFlowModel
 
-    session = jobs.make_session("host", bucket=BUCKET)
+    session = jobs.session_for("host", bucket=BUCKET)
     sent = []
     session.sagemaker_client.meta.events.register(
         "provide-client-params.sagemaker", lambda params, model, **_: sent.append(
@@ -58,7 +58,7 @@ def requests_named(sent, operation):
 
 
 def test_model_data_is_uploaded_to_s3(artifact):
-    session = jobs.make_session("host", bucket=BUCKET)
+    session = jobs.session_for("host", bucket=BUCKET)
     uri = deploy.model_data_for("host", artifact, session, BUCKET)
     assert uri.startswith(f"s3://{BUCKET}/cifar10-model-") and uri.endswith("/model.tar.gz")
     key = uri[len(f"s3://{BUCKET}/"):]

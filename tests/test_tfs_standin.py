@@ -102,7 +102,7 @@ def root_predictor(saved_model, sdk_offline, tmp_path_factory):
     shutil.copytree(saved_model, folder / "content" / "1")
     artifact = pack(folder / "content", folder / "model.tar.gz")
     model = TensorFlowModel(model_data=f"file://{artifact}", framework_version="2.19",
-                            role=jobs.OFFLINE_ROLE, sagemaker_session=jobs.make_session("process"))
+                            role=jobs.OFFLINE_ROLE, sagemaker_session=jobs.session_for("process"))
     predictor = deploy.serve_in_process(model, runs_dir=folder / "runs")
     yield predictor
     deploy.shut_down("process", predictor)
