@@ -196,7 +196,8 @@ def test_inference_stand_in_is_the_uri_the_sdk_resolves_with_the_real_versions()
 
 
 def containers_of(image):
-    out = subprocess.run(["docker", "ps", "-a", "--filter", f"ancestor={image}", "--format",
+    """The running containers of an image."""
+    out = subprocess.run(["docker", "ps", "--filter", f"ancestor={image}", "--format",
                           "{{.ID}} {{.Status}}"], capture_output=True, text=True, check=True)
     return out.stdout.split("\n") if out.stdout.strip() else []
 
