@@ -205,6 +205,8 @@ def containers_of(image):
 def test_4_1_deploys_and_transforms_in_the_inference_image(sdk_offline, tmp_path,  # noqa: F811
                                                           cifar_data_dir):
     """The SDK's own local-mode deploy, predict and transform, against the stand-in image."""
+    import tensorflow as tf
+
     assert containers_of(INFERENCE_IMAGE) == []  # nothing left over from an earlier run
     if jobs.load_result("1.2") is None:  # the model to deploy, trained in process mode
         path = next(p for p in run_notebooks.notebooks() if p.name.startswith("1.2."))
@@ -225,5 +227,14 @@ def test_4_1_deploys_and_transforms_in_the_inference_image(sdk_offline, tmp_path
     assert 0 < result["p50_ms"] <= result["p95_ms"] and result["images_per_sec"] > 0
     outputs = sorted((RUNS_DIR / "4.1-deploy" / "transform-out").glob("*.out"))
     assert [p.name for p in outputs] == ["eval.jsonl.out"]
-    assert len(outputs[0].read_text().splitlines()) == 3  # one reply per input line
+    replies = [json.loads(line) for line in outputs[0].read_text().splitlines()]
+    assert len(replies) == 3  # one reply per input line
+    # Image by image, TF 2.19 in the container gives what the signature gives in this kernel.
+    served = [row for reply in replies for row in reply["predictions"]]
+    signature = inference.load_signature(trained["model_artifact"])
+    images, _ = dataset.read_examples(cifar_data_dir, "eval", count=None)
+    expected = signature(image=tf.constant(images))
+    assert [row["class_id"] for row in served] == expected["class_id"].numpy().tolist()
+    assert np.array([row["probabilities"] for row in served]) == pytest.approx(
+        expected["probabilities"].numpy(), abs=1e-4)
     assert containers_of(INFERENCE_IMAGE) == []  # endpoint and transform containers are gone
