@@ -1,14 +1,17 @@
-"""Build the stand-in SageMaker TensorFlow training images, offline, tagged with the ECR URIs
-that the SageMaker Python SDK resolves, so that local mode (``instance_type="local"``) runs them.
+"""Build the stand-in SageMaker TensorFlow training images (and the TF Serving inference image),
+offline, tagged with the ECR URIs that the SageMaker Python SDK resolves, so that local mode
+(``instance_type="local"``) runs them.
 
-  python containers/build_images.py [--only training-2.19-py312 ...]
+  python containers/build_images.py [--only training-2.19-py312 inference-2.19 ...]
 
 1. A Debian bookworm base image from Debian's packages (debootstrap --variant=minbase, then
    ``docker import``): no registry is needed.
 2. Per image: the Python of the real image (same minor version) copied from pyenv, and a
    wheelhouse made on this machine with that interpreter (pip's cache makes a rebuild cheap),
    so ``docker build`` needs no PyPI access; Horovod is compiled inside the image.
-3. Each image is labelled with a fingerprint of everything it is built from; when the tagged
+3. The inference image (``Dockerfile.inference``) is the 2.19 training stand-in plus gunicorn and
+   falcon wheels made the same way and ``workshop/tfs_standin.py``, run by its ``serve`` command.
+4. Each image is labelled with a fingerprint of everything it is built from; when the tagged
    image already carries it, nothing is done (a second run takes seconds).
 
 A user with ECR access pulls the real images under the same names; these are not them (see the
@@ -48,7 +51,10 @@ def training_images():
              HOROVOD.get(e.framework_version)) for e in ENTRY_POINTS}
 
 
-IMAGES = training_images()
+# {name: (TF version, the training stand-in it is built on)}: same Python and TensorFlow.
+INFERENCE_IMAGES = {"inference-2.19": ("2.19", "training-2.19-py312")}
+IMAGES = {**training_images(), **INFERENCE_IMAGES}
+STANDIN = ROOT / "code" / "phase0" / "workshop" / "tfs_standin.py"
 
 
 def image_uri(framework_version, py_version):
@@ -59,6 +65,15 @@ def image_uri(framework_version, py_version):
     return image_uris.retrieve("tensorflow", region=REGION, version=framework_version,
                                py_version=py_version, instance_type="local",
                                image_scope="training")
+
+
+def inference_image_uri(framework_version):
+    """The tag the SDK resolves for a CPU local-mode endpoint or transform job."""
+    os.environ.setdefault("SAGEMAKER_SUPPRESS_V2_WARNING", "1")
+    from sagemaker import image_uris
+
+    return image_uris.retrieve("tensorflow", region=REGION, version=framework_version,
+                               instance_type="local", image_scope="inference")
 
 
 def run(command, **kwargs):
@@ -132,7 +147,45 @@ def make_context(name, python, horovod):
     return context
 
 
+def build_inference(name, base_id):
+    """The TF Serving stand-in image, on its training stand-in (built first when needed)."""
+    framework_version, training = INFERENCE_IMAGES[name]
+    build(training, base_id)
+    training_tag = image_uri(*IMAGES[training][:2])
+    training_id = docker_output("image", "inspect", "--format", "{{.Id}}", training_tag)
+    tag = inference_image_uri(framework_version)
+    python = find_python(IMAGES[training][2])
+    requirements = HERE / f"{name}.txt"
+    digest = hashlib.sha256()
+    for part in ((HERE / "Dockerfile.inference").read_bytes(), requirements.read_bytes(),
+                 STANDIN.read_bytes(), python.name.encode(), training_id.encode()):
+        digest.update(part)
+    wanted = digest.hexdigest()[:16]
+    have = docker_output("image", "inspect", "--format",
+                         "{{index .Config.Labels \"%s\"}}" % FINGERPRINT_LABEL, tag)
+    if have == wanted:
+        return tag, 0.0, "up to date"
+    started = time.monotonic()
+    context = BUILD / name
+    shutil.rmtree(context, ignore_errors=True)
+    (context / "wheels").mkdir(parents=True)
+    try:
+        run([python / "bin" / "python3", "-m", "pip", "wheel", "-q", "--wheel-dir",
+             context / "wheels", "-r", requirements])
+        shutil.copy(HERE / "Dockerfile.inference", context / "Dockerfile")
+        shutil.copy(requirements, context / "requirements.txt")
+        shutil.copy(STANDIN, context / "tfs_standin.py")
+        run(["docker", "build", "--network", "host", "--tag", tag,
+             "--label", f"{FINGERPRINT_LABEL}={wanted}",
+             "--build-arg", f"BASE_IMAGE={training_tag}", context])
+    finally:
+        shutil.rmtree(context, ignore_errors=True)
+    return tag, time.monotonic() - started, "built"
+
+
 def build(name, base_id):
+    if name in INFERENCE_IMAGES:
+        return build_inference(name, base_id)
     framework_version, py_version, minor, horovod = IMAGES[name]
     tag = image_uri(framework_version, py_version)
     python = find_python(minor)

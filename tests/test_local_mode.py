@@ -7,6 +7,7 @@ notebook names; the toolkit inside the image (not our code) starts the entry poi
 
 import json
 import re
+import shutil
 import subprocess
 import tarfile
 
@@ -173,3 +174,67 @@ def test_mwms_with_two_replicas_per_worker_keeps_batch_norm_finite(cifar_data_di
     assert served_accuracy(tmp_path / "model", cifar_data_dir) == pytest.approx(
         metrics["eval_accuracy"], abs=0.01)
 
+
+
+INFERENCE_IMAGE = REGISTRY + "tensorflow-inference:2.19-cpu"
+
+
+def test_inference_stand_in_is_the_uri_the_sdk_resolves_with_the_real_versions():
+    from sagemaker import image_uris
+
+    assert image_uris.retrieve("tensorflow", region="us-east-1", version="2.19",
+                               instance_type="local", image_scope="inference") == INFERENCE_IMAGE
+    out = subprocess.run(["docker", "run", "--rm", "--network", "none", INFERENCE_IMAGE,
+                          "python", "-c", VERSIONS], capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-2000:]
+    found = json.loads(out.stdout.strip().splitlines()[-1])
+    assert (found["python"], found["tensorflow"]) == ("3.12", "2.19.0")
+    serve = subprocess.run(["docker", "run", "--rm", "--network", "none", INFERENCE_IMAGE,
+                            "bash", "-c", "command -v serve && echo $SAGEMAKER_BIND_TO_PORT"],
+                           capture_output=True, text=True, timeout=300)
+    assert serve.stdout.split() == ["/usr/bin/serve", "8080"], serve.stderr
+
+
+def containers_of(image):
+    """The running containers of an image."""
+    out = subprocess.run(["docker", "ps", "--filter", f"ancestor={image}", "--format",
+                          "{{.ID}} {{.Status}}"], capture_output=True, text=True, check=True)
+    return out.stdout.split("\n") if out.stdout.strip() else []
+
+
+def test_4_1_deploys_and_transforms_in_the_inference_image(sdk_offline, tmp_path,  # noqa: F811
+                                                          cifar_data_dir):
+    """The SDK's own local-mode deploy, predict and transform, against the stand-in image."""
+    import tensorflow as tf
+
+    assert containers_of(INFERENCE_IMAGE) == []  # nothing left over from an earlier run
+    if jobs.load_result("1.2") is None:  # the model to deploy, trained in process mode
+        path = next(p for p in run_notebooks.notebooks() if p.name.startswith("1.2."))
+        outcome = run_notebooks.execute(path, {"DATA_DIR": str(cifar_data_dir), **SMALL},
+                                        output_dir=tmp_path / "1.2")
+        assert outcome["ok"], outcome["error"]
+    trained = jobs.load_result("1.2")
+    shutil.rmtree(RUNS_DIR / "4.1-deploy" / "transform-out", ignore_errors=True)
+    path = next(p for p in run_notebooks.notebooks() if p.name.startswith("4.1."))
+    outcome = run_notebooks.execute(path, {"MODE": "local", "DATA_DIR": str(cifar_data_dir),
+                                           "BATCH_SIZE": 100}, output_dir=tmp_path)
+    assert outcome["ok"], f"{path.name}: {outcome['error']}"
+    result = outcome["result"]
+    # Same SavedModel, same 256 eval images, TF 2.19 in the container: the job's own accuracy.
+    assert result["accuracy"] == pytest.approx(trained["eval_accuracy"], abs=1e-9)
+    assert result["transform_accuracy"] == result["accuracy"]
+    assert result["mode"] == "local" and result["requests"] == 3  # 256 images, 100 a request
+    assert 0 < result["p50_ms"] <= result["p95_ms"] and result["images_per_sec"] > 0
+    outputs = sorted((RUNS_DIR / "4.1-deploy" / "transform-out").glob("*.out"))
+    assert [p.name for p in outputs] == ["eval.jsonl.out"]
+    replies = [json.loads(line) for line in outputs[0].read_text().splitlines()]
+    assert len(replies) == 3  # one reply per input line
+    # Image by image, TF 2.19 in the container gives what the signature gives in this kernel.
+    served = [row for reply in replies for row in reply["predictions"]]
+    signature = inference.load_signature(trained["model_artifact"])
+    images, _ = dataset.read_examples(cifar_data_dir, "eval", count=None)
+    expected = signature(image=tf.constant(images))
+    assert [row["class_id"] for row in served] == expected["class_id"].numpy().tolist()
+    assert np.array([row["probabilities"] for row in served]) == pytest.approx(
+        expected["probabilities"].numpy(), abs=1e-4)
+    assert containers_of(INFERENCE_IMAGE) == []  # endpoint and transform containers are gone

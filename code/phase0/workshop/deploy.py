@@ -14,6 +14,7 @@ TF Serving stand-in (``tfs_standin.py``) on a free loopback port, and hands back
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 import tarfile
@@ -63,11 +64,21 @@ def model_artifact_from(notebook, runs_dir=None):
     return artifact
 
 
-def model_data_for(mode, artifact, session=None, bucket=None):
+def model_data_for(mode, artifact, session=None, bucket=None, runs_dir=RUNS_DIR):
     """What TensorFlowModel(model_data=...) takes: file:// for process/local, S3 for host
-    (the local model.tar.gz is uploaded next to the bucket's other workshop files)."""
-    if mode != "host":
+    (the local model.tar.gz is uploaded next to the bucket's other workshop files).
+
+    Local mode gets a copy in a folder of its own: the SDK unpacks a file:// archive into the
+    archive's folder and mounts that whole folder as /opt/ml/model."""
+    if mode == "process":
         return f"file://{Path(artifact).resolve()}"
+    if mode == "local":
+        from sagemaker.utils import name_from_base
+
+        folder = Path(runs_dir) / "endpoints" / name_from_base("cifar10-model")
+        folder.mkdir(parents=True)
+        shutil.copyfile(artifact, folder / "model.tar.gz")
+        return f"file://{(folder / 'model.tar.gz').resolve()}"
     from sagemaker.s3 import S3Uploader
     from sagemaker.utils import name_from_base
 
@@ -232,9 +243,13 @@ def standin_of(predictor):
     return _STANDINS[predictor.endpoint_name]
 
 
-def shut_down(mode, predictor=None, model=None):
+def shut_down(mode, predictor=None, model=None, transformer=None):
     """Stop what serves the model: the stand-in (process), or the endpoint, its config and the
-    model (local/host; host also prints the billable time). Safe when deploy never finished."""
+    model (local/host; host also prints the billable time), and in local mode the container of a
+    transform job that failed (the SDK stops it only when the job completes). Safe when deploy
+    never finished."""
+    if mode == "local" and transformer is not None:
+        stop_local_transform(transformer)
     if mode == "process":
         standin = _STANDINS.pop(getattr(predictor, "endpoint_name", None), None)
         if standin is not None:
@@ -253,6 +268,16 @@ def shut_down(mode, predictor=None, model=None):
     if billed:
         print(billed["text"])
     return billed
+
+
+def stop_local_transform(transformer):
+    """Stop the serving container of a local-mode transform job that did not complete."""
+    from sagemaker.local.local_session import LocalSagemakerClient
+
+    job = LocalSagemakerClient._transform_jobs.get(transformer._current_job_name)
+    if job is not None and job.state != job._COMPLETED and job.container is not None:
+        job.container.stop_serving()
+        print(f"stopped the container of transform job {transformer._current_job_name}")
 
 
 def billable_time(predictor):

@@ -56,6 +56,7 @@ DEFAULT_HOST_INSTANCE = "ml.p3.2xlarge"
 DEFAULT_REGION = "us-east-1"  # process/local only name images with it; nothing is called
 # Never used to call AWS: process and local mode only need the Estimator to have a role.
 OFFLINE_ROLE = "arn:aws:iam::111111111111:role/workshop-offline-no-aws"
+OFFLINE_BUCKET = "workshop-offline-no-aws"  # process/local sessions: never created or used
 LOCAL_OUTPUT = "local-output"  # local mode's output_path under runs/
 
 
@@ -114,6 +115,9 @@ def session_for(mode, bucket=None):
     session = LocalSession(boto_session=boto3.Session(region_name=region))
     # Mount src/ into the container instead of uploading it to S3 (local mode without AWS).
     session.config = {"local": {"local_code": True}}
+    # TensorFlowModel.deploy/transformer ask for the default bucket even when nothing is uploaded
+    # (file:// model, no entry point); the SDK would ask STS and S3 for it: name one, offline.
+    session._default_bucket = OFFLINE_BUCKET
     return session
 
 
