@@ -150,11 +150,10 @@ def mwms_check_agreement(strategy, value, what):
     of collective steps and wait on each other until max_run. Every worker computes the same
     spread of the values (one collective), so all of them raise together.
     """
-    own = tf.constant(float(value), tf.float64)
-
-    def in_replica():
+    def in_replica():  # the value is made in each replica: on its own device, as the reduce needs
+        own = tf.constant(float(value), tf.float64)
         context = tf.distribute.get_replica_context()
-        return context.all_reduce("MEAN", [own, own * own])
+        return context.all_reduce("MEAN", [tf.identity(own), own * own])
 
     mean, mean_square = (float(strategy.experimental_local_results(t)[0])
                          for t in tf.function(lambda: strategy.run(in_replica))())
