@@ -6,6 +6,7 @@ notebook names; the toolkit inside the image (not our code) starts the entry poi
 """
 
 import json
+import os
 import re
 import shutil
 import subprocess
@@ -69,7 +70,7 @@ def run_notebook(tmp_path, prefix, **parameters):
 
 def served_accuracy(artifact, data_dir):
     """Accuracy of a model's serving signature on the eval split (as an endpoint would)."""
-    if tarfile.is_tarfile(artifact):
+    if os.path.isfile(artifact) and tarfile.is_tarfile(artifact):
         with tarfile.open(artifact) as tar:
             names = tar.getnames()
         assert "1/saved_model.pb" in names and not any("checkpoint" in n for n in names), names
