@@ -40,18 +40,18 @@ from workshop.process_mode import run_process_job  # noqa: E402
 
 TRAIN_IMAGES = 40_000
 VALIDATION_IMAGES = 10_000
-NOTEBOOKS = [  # (notebook, entry point, distribution for INSTANCE_COUNT hosts, image version)
-    ("1.1.Train-Scratch", "train_keras.py", None, ("2.19", "py312")),
-    ("1.2.Train_Keras_Local_Script_Mode", "train_keras.py", None, ("2.19", "py312")),
-    ("2.1.Train_TF_Local_Script_Mode", "train_tf.py", None, ("2.19", "py312")),
+NOTEBOOKS = [  # (notebook, entry point, distribution for INSTANCE_COUNT hosts)
+    ("1.1.Train-Scratch", "train_keras.py", None),
+    ("1.2.Train_Keras_Local_Script_Mode", "train_keras.py", None),
+    ("2.1.Train_TF_Local_Script_Mode", "train_tf.py", None),
     ("1.5.Train_Keras_Horovod", "train_keras_horovod.py",
-     {"mpi": {"enabled": True, "processes_per_host": 1}}, ("2.12", "py310")),
+     {"mpi": {"enabled": True, "processes_per_host": 1}}),
     ("2.2.Train_TF_Horovod", "train_tf_horovod.py",
-     {"mpi": {"enabled": True, "processes_per_host": 1}}, ("2.12", "py310")),
+     {"mpi": {"enabled": True, "processes_per_host": 1}}),
     ("3.1.Train-TF-DDP", "train_tf_ddp.py",
-     {"smdistributed": {"dataparallel": {"enabled": True}}}, ("2.11", "py39")),
+     {"smdistributed": {"dataparallel": {"enabled": True}}}),
     ("3.2.Train-TF-MultiWorkerMirrored", "train_tf_mwms.py",
-     {"multi_worker_mirrored_strategy": {"enabled": True}}, ("2.19", "py312")),
+     {"multi_worker_mirrored_strategy": {"enabled": True}}),
 ]
 
 
@@ -81,7 +81,7 @@ class EpochClock:
                 self.epochs.append((time.monotonic() - self.started, parsed))
 
 
-def measure(notebook, entry_point, distribution, image, data_dir, runs, epochs, train_images,
+def measure(notebook, entry_point, distribution, data_dir, runs, epochs, train_images,
             validation_images):
     defaults = notebook_defaults(notebook)
     batch, hosts = int(defaults["BATCH_SIZE"]), int(defaults.get("INSTANCE_COUNT", 1))
@@ -125,10 +125,10 @@ def main():
         tmp = Path(tmp)
         data_dir = make_data(tmp, args.per_batch)
         rows = []
-        for notebook, entry_point, distribution, image in NOTEBOOKS:
+        for notebook, entry_point, distribution in NOTEBOOKS:
             if args.only and not re.search(args.only, notebook):
                 continue
-            rows.append(measure(notebook, entry_point, distribution, image, data_dir,
+            rows.append(measure(notebook, entry_point, distribution, data_dir,
                                 tmp / "runs", args.epochs, 4 * args.per_batch, args.per_batch))
             print_row(rows[-1], header=len(rows) == 1)
     load = ", ".join(f"{value:.1f}" for value in os.getloadavg())

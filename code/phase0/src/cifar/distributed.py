@@ -148,16 +148,14 @@ def mwms_check_agreement(strategy, value, what):
 
     Workers that disagree (say, each restored a different checkpoint) would run different numbers
     of collective steps and wait on each other until max_run. Every worker computes the same
-    spread of the values (one collective), so all of them raise together.
+    spread of the values (two sums over all replicas), so all of them raise together.
     """
-    def in_replica():  # the value is made in each replica: on its own device, as the reduce needs
-        own = tf.constant(float(value), tf.float64)
-        context = tf.distribute.get_replica_context()
-        return context.all_reduce("MEAN", [tf.identity(own), own * own])
+    from .stopping import mwms_agreement  # the sum over all replicas, as the stop decision uses
 
-    mean, mean_square = (float(strategy.experimental_local_results(t)[0])
-                         for t in tf.function(lambda: strategy.run(in_replica))())
-    if mean_square - mean * mean > 1e-9:
+    total, replicas = mwms_agreement(strategy), strategy.num_replicas_in_sync
+    mean = float(total(tf.constant(float(value)))) / replicas
+    mean_square = float(total(tf.constant(float(value) ** 2))) / replicas
+    if mean_square - mean * mean > 1e-6:
         raise RuntimeError(f"the workers disagree on {what} (this worker: {value}, mean over "
                            f"workers: {mean:g}): they must start from the same checkpoint")
     return value
