@@ -33,6 +33,9 @@ $(VENV)/.done: .apt.done requirements.txt requirements-test.txt constraints.txt
 	$(BIN)/horovodrun --check-build | grep -q "\[X\] TensorFlow"
 	# `import workshop` from any working directory (papermill, pytest)
 	echo "$(CURDIR)/code/phase0" > $$($(BIN)/python -c "import sysconfig; print(sysconfig.get_paths()['purelib'])")/cifar_workshop.pth
+	# The kernel twice: in the venv, which this checkout's own runs find first (tests, make
+	# workshop: another checkout cannot redirect them), and per user, for the Jupyter UI.
+	$(BIN)/python -m ipykernel install --sys-prefix --name $(KERNEL) --display-name "Python 3 (CIFAR-10 workshop, TF 2.15)" >/dev/null
 	$(BIN)/python -m ipykernel install --user --name $(KERNEL) --display-name "Python 3 (CIFAR-10 workshop, TF 2.15)" >/dev/null
 	touch $@
 

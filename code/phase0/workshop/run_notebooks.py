@@ -46,6 +46,9 @@ def result_line(notebook):
     return None
 
 
+IOPUB_TIMEOUT = 120
+
+
 def execute(path, parameters=None, output_dir=None, kernel=KERNEL):
     """Execute one notebook; returns {"notebook", "ok", "seconds", "result", "error", "output"}."""
     import papermill
@@ -59,7 +62,10 @@ def execute(path, parameters=None, output_dir=None, kernel=KERNEL):
     try:
         executed = papermill.execute_notebook(
             str(path), str(output), parameters=parameters, kernel_name=kernel,
-            cwd=str(PHASE0_DIR), progress_bar=False)
+            cwd=str(PHASE0_DIR), progress_bar=False,
+            # A busy machine can deliver a cell's output (its traceback) seconds after the cell's
+            # reply; nbclient's default 4 s wait would drop it and leave an empty error.
+            iopub_timeout=IOPUB_TIMEOUT)
     except papermill.PapermillExecutionError as err:
         error = f"{err.ename}: {err.evalue}"
     return {"notebook": path.name, "ok": error is None, "seconds": round(time.time() - start, 1),
