@@ -8,6 +8,8 @@ import io
 import json
 import os
 import signal
+import subprocess
+import sys
 import tarfile
 import threading
 import time
@@ -15,6 +17,7 @@ from pathlib import Path
 
 import pytest
 from aws_fixtures import *  # noqa: F401,F403 - sdk_offline, probe_estimator
+from aws_fixtures import PROBE_DIR
 
 from workshop import jobs, progress
 from workshop.process_mode import JobFailed, JobStoppedWarning, run_process_job
@@ -304,3 +307,44 @@ def test_run_in_process_returns_the_common_result(probe_estimator, channels, run
     assert result.wall_seconds > 0
     assert (result.instance_type, result.instance_count, result.spot) == ("local", 1, False)
     assert "probe rank 0 on algo-1" in capsys.readouterr().out
+
+
+KERNEL = """
+import sys
+from sagemaker.tensorflow import TensorFlow
+from workshop import jobs
+from workshop.process_mode import run_process_job
+
+probe_dir, train, runs = sys.argv[1:]
+estimator = TensorFlow(
+    entry_point="probe.py", source_dir=probe_dir, role=jobs.OFFLINE_ROLE,
+    framework_version="2.12", py_version="py310", instance_type="local", instance_count=2,
+    distribution={"mpi": {"enabled": True, "processes_per_host": 2}},
+    sagemaker_session=jobs.session_for("process"), hyperparameters={"sleep": 600},
+    disable_profiler=True)
+run_process_job(estimator, {"train": train}, job_name="probe-orphans", runs_dir=runs)
+"""
+
+
+def test_a_killed_kernel_leaves_no_training_process(sdk_offline, channels, runs):  # noqa: F811
+    """A notebook kernel SIGKILLed mid-job runs no cleanup; the job's 4 ranks and mpirun still
+    go, within seconds (workshop/watchdog.py)."""
+    kernel = subprocess.Popen([sys.executable, "-c", KERNEL, str(PROBE_DIR), channels["train"],
+                               str(runs)], stdout=subprocess.DEVNULL)
+    job_dir = runs / "probe-orphans"
+    deadline = time.monotonic() + 120
+    while len(list(job_dir.glob("output/data/probe-*.json"))) < 4:  # every rank has started
+        assert kernel.poll() is None and time.monotonic() < deadline, "the job did not start"
+        time.sleep(0.2)
+    assert len(processes_under(job_dir)) >= 4
+
+    kernel.kill()
+    kernel.wait()
+
+    deadline = time.monotonic() + FAIL_FAST_SECONDS
+    while processes_under(job_dir) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    left = processes_under(job_dir)
+    for pid in left:  # not to leave them to the rest of the suite
+        os.kill(pid, signal.SIGKILL)
+    assert left == []

@@ -16,16 +16,19 @@ Three ways a job ends early:
                        4.1.4 here). See process_mode.py for what the SageMaker image does.
   KeyboardInterrupt    (a notebook's "interrupt"): everything is stopped as for a failure and
                        the interrupt goes on to the caller.
+A kernel that dies (SIGKILL, crash) runs none of this: workshop/watchdog.py stops the job then.
 """
 
 import os
 import re
 import signal
 import subprocess
+import sys
 import threading
 import time
 from collections import deque
 from dataclasses import dataclass
+from pathlib import Path
 
 import psutil
 
@@ -94,7 +97,7 @@ def supervise(procs, log, timeout, label_lines, processes_per_host,
     stop_request: a threading.Event; set, it stops the job the same way, as SageMaker's
     StopTrainingJob does (secondary status "Stopped" instead of "MaxRuntimeExceeded").
     """
-    running, readers = [], []
+    running, readers, watchdog = [], [], None
     deadline = time.monotonic() + timeout if timeout else None
     try:
         for proc in procs:
@@ -107,6 +110,7 @@ def supervise(procs, log, timeout, label_lines, processes_per_host,
             for pipe in (popen.stdout, popen.stderr):
                 readers.append(start_reader(pipe, proc.label, log, label_lines,
                                             processes_per_host))
+        watchdog = start_watchdog([popen.pid for _, popen in running])
         outcome = wait_for_all(running, deadline, stop_request)
         if outcome is None:
             asked = stop_request is not None and stop_request.is_set()
@@ -120,9 +124,20 @@ def supervise(procs, log, timeout, label_lines, processes_per_host,
                                    else ""))
         return outcome
     finally:
+        if watchdog is not None:
+            watchdog.kill()
+            watchdog.wait()
         stop_all([popen for _, popen in running])
         for reader in readers:
             reader.join(timeout=STOP_GRACE_SECONDS)
+
+
+def start_watchdog(sessions):
+    """workshop/watchdog.py: stops these sessions' processes if this process dies first."""
+    return subprocess.Popen([sys.executable, "-m", "workshop.watchdog", *map(str, sessions)],
+                            cwd=Path(__file__).resolve().parents[1], stdin=subprocess.DEVNULL,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                            start_new_session=True)
 
 
 def wait_for_all(running, deadline, stop_request=None):
