@@ -113,7 +113,8 @@ def probe_estimator(sdk_offline):
     """Factory: a real TensorFlow estimator for probe.py, built offline as process mode builds it.
 
     ``probe_estimator(hyperparameters=None, distribution=None, instance_count=1,
-    framework_version="2.19", py_version="py312", **kwargs)``
+    framework_version="2.19", py_version="py312", sagemaker_session=None, **kwargs)``;
+    sagemaker_session=jobs.session_for("local") runs it in SDK local mode instead.
     """
     from sagemaker.tensorflow import TensorFlow
 
@@ -122,11 +123,12 @@ def probe_estimator(sdk_offline):
     session = jobs.session_for("process")
 
     def make(hyperparameters=None, distribution=None, instance_count=1, framework_version="2.19",
-             py_version="py312", **kwargs):
+             py_version="py312", sagemaker_session=None, **kwargs):
         return TensorFlow(
             entry_point="probe.py", source_dir=str(PROBE_DIR), role=jobs.OFFLINE_ROLE,
             framework_version=framework_version, py_version=py_version, instance_type="local",
-            instance_count=instance_count, distribution=distribution, sagemaker_session=session,
+            instance_count=instance_count, distribution=distribution,
+            sagemaker_session=sagemaker_session or session,
             hyperparameters={"epochs": 3, "batch-size": 64, **(hyperparameters or {})},
             base_job_name="probe", disable_profiler=True, **kwargs)
 

@@ -12,6 +12,9 @@ SM_STUDIO_LOCAL_MODE=true (else it waits up to 15 min for algo-N to resolve); it
 sagemaker_program / sagemaker_submit_directory from hyperparameters.json and, finding the code
 folder non-empty, runs `python -- probe.py <args>` from <base>/code.
 
+The last test compares with the toolkit inside the 2.19 stand-in image, through the SDK's local
+mode (Docker; `make test` builds the image).
+
 Not compared here: the MPI launch (the toolkit's MPI runner needs sshd and /opt/ml on every host);
 process mode gives every rank the master's variables, i.e. the single-host set checked below.
 """
@@ -20,12 +23,14 @@ import json
 import os
 import shutil
 import subprocess
+import tarfile
 from pathlib import Path
 
 import pytest
 from aws_fixtures import *  # noqa: F401,F403 - sdk_offline, probe_estimator
 from aws_fixtures import PROBE_DIR
 
+from workshop import jobs
 from workshop.process_mode import run_process_job
 from workshop.toolkit_env import TF_TRAINING_MODULE
 
@@ -172,3 +177,50 @@ def test_mwms_workers_match_the_toolkit_on_each_host(probe_estimator, channels, 
         assert_same(normalised(process, job.job_dir, drop={"TF_CONFIG"}),
                     normalised(toolkit, base))
         assert process["env"]["SM_CURRENT_HOST"] == toolkit["env"]["SM_CURRENT_HOST"] == host
+
+
+# Local mode writes simpler config files than the SageMaker service: inputdataconfig.json with
+# TrainingInputMode only, resourceconfig.json without instance groups. What the toolkit derives
+# from them differs accordingly; process mode writes the service's files (compared with the
+# toolkit above).
+FROM_LOCAL_MODE_CONFIG = {"SM_INPUT_DATA_CONFIG", "SM_RESOURCE_CONFIG", "SM_INSTANCE_GROUPS",
+                          "SM_INSTANCE_GROUPS_DICT", "SM_CURRENT_INSTANCE_GROUP_HOSTS"}
+FROM_LOCAL_MODE_TRAINING_ENV = {"input_data_config", "resource_config", "instance_groups",
+                                "instance_groups_dict", "current_instance_group_hosts",
+                                "distribution_hosts"}
+
+
+def in_image_record(estimator):
+    """The probe's record from the output.tar.gz of a local-mode job."""
+    output = Path(estimator.model_data[len("file://"):]).parent / "output.tar.gz"
+    with tarfile.open(output) as tar:
+        (member,) = [name for name in tar.getnames() if "/probe-" in name]
+        return json.load(tar.extractfile(member))
+
+
+def test_process_mode_matches_the_toolkit_inside_the_image(probe_estimator, channels, tmp_path):
+    """The probe through the SDK's local mode in the 2.19 stand-in image, where the image's own
+    entry command and toolkit start it, as on SageMaker."""
+    job_name = "conformance-in-image"
+    job = run_process_job(probe_estimator(HYPERPARAMETERS), channels, job_name=job_name,
+                          runs_dir=tmp_path / "runs", stream=None)
+    in_image = probe_estimator(HYPERPARAMETERS, sagemaker_session=jobs.session_for("local"),
+                               output_path=f"file://{tmp_path / 'local-output'}")
+    in_image.fit({name: f"file://{folder}" for name, folder in channels.items()},
+                 job_name=job_name)
+
+    record = in_image_record(in_image)
+    host = record["env"]["SM_CURRENT_HOST"]  # local mode names hosts algo-1-<5 random chars>
+    assert host.startswith("algo-1-") and record["cwd"] == "/opt/ml/code"
+    # SDK local mode passes model_dir=/opt/ml/shared/model with local code; process mode passes
+    # the job's model folder (process_mode.container_hyperparameters).
+    text = json.dumps(record).replace("/opt/ml/shared/model", "/opt/ml/model")
+    record = json.loads(text.replace(host, "algo-1"))
+    toolkit = normalised(record, "/opt/ml", drop=FROM_LOCAL_MODE_CONFIG)
+    process = normalised(process_record(job.job_dir, "algo-1"), job.job_dir,
+                         drop=FROM_LOCAL_MODE_CONFIG)
+    for env, _, _ in (toolkit, process):
+        for key in FROM_LOCAL_MODE_TRAINING_ENV:
+            env["SM_TRAINING_ENV"].pop(key)
+    assert_same(process, toolkit)
+    assert record["env"]["SM_FRAMEWORK_MODULE"] == TF_TRAINING_MODULE  # the image's, as SageMaker
