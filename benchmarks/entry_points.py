@@ -1,6 +1,7 @@
 """Every entry point on the same small data: 1 process vs 2, and Keras 2 vs Keras 3, in one run.
 
   .venv/bin/python benchmarks/entry_points.py [--per-batch 1024] [--epochs 3] [--batch-size 64]
+                                              [--local]
 
 Makes a synthetic CIFAR-10 archive (tests/synthetic_cifar.py; ``--per-batch`` images in each of
 its six batches), converts it as notebook 1.0 does, then runs each entry point in process mode
@@ -8,6 +9,9 @@ its six batches), converts it as notebook 1.0 does, then runs each entry point i
 also standalone on TF 2.21 / Keras 3 (.venv-keras3). Prints wall time, images/s (mean over epochs
 after the first), seconds per epoch and eval accuracy, and a throughput ratio: a distributed
 script's to its single-process sibling's, a Keras 3 run's to the same script's Keras 2 run.
+--local also runs every entry point through the SDK's local mode in the stand-in image its
+notebook names (Docker; `make local-images`), same instance count: wall time there includes
+starting the containers; the ratio is local mode's images/s to process mode's.
 On a 2-core machine two processes cannot be faster than one: the ratio shows what
 synchronisation costs here, not what a second machine would give.
 """
@@ -51,6 +55,15 @@ def process_mode(entry_point, count, data_dir, runs, hyperparameters):
     return result.metrics, result.wall_seconds
 
 
+def local_mode(entry_point, count, data_dir, runs, hyperparameters):
+    estimator = jobs.workshop_estimator("local", entry_point, hyperparameters,
+                                        instance_count=count, checkpoint=False)
+    start = time.monotonic()
+    estimator.fit(jobs.data_channels("local", data_dir), logs=False)
+    wall = time.monotonic() - start
+    return jobs.result_of(estimator, runs_dir=runs).metrics, wall
+
+
 def keras3_standalone(entry_point, data_dir, out, hyperparameters):
     flags = [f"--{k}={v}" for k, v in hyperparameters.items()]
     command = [str(KERAS3_PYTHON), str(SRC_DIR / entry_point), *flags,
@@ -69,6 +82,7 @@ def main():
     parser.add_argument("--epochs", type=int, default=3)
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--learning-rate", type=float, default=0.02)
+    parser.add_argument("--local", action="store_true", help="also in SDK local mode (Docker)")
     args = parser.parse_args()
     hyperparameters = {"epochs": args.epochs, "batch-size": args.batch_size,
                        "learning-rate": args.learning_rate}
@@ -83,6 +97,13 @@ def main():
             ratio = f"{metrics['images_per_sec'] / rates[sibling]:.2f}x" if sibling else ""
             rows.append((entry_point, f"{count} proc, Keras {metrics['keras'][:4]}", wall,
                          metrics, ratio))
+        if args.local:
+            for entry_point, count, _ in RUNS:
+                metrics, wall = local_mode(entry_point, count, data_dir, tmp / "runs",
+                                           hyperparameters)
+                rows.append((entry_point, f"local {count} inst, Keras {metrics['keras'][:4]}",
+                             wall, metrics,
+                             f"{metrics['images_per_sec'] / rates[entry_point]:.2f}x"))
         if KERAS3_PYTHON.exists():
             for entry_point in ("train_keras.py", "train_tf.py"):
                 metrics, wall = keras3_standalone(entry_point, data_dir, tmp / entry_point,
@@ -91,10 +112,10 @@ def main():
                              f"{metrics['images_per_sec'] / rates[entry_point]:.2f}x"))
     print(f"train {4 * args.per_batch} / validation {args.per_batch} / eval {args.per_batch} "
           f"records, {args.epochs} epochs, batch {args.batch_size} per process")
-    print(f"{'entry point':24} {'run':20} {'wall s':>7} {'images/s':>9} {'s/epoch':>8} "
+    print(f"{'entry point':24} {'run':26} {'wall s':>7} {'images/s':>9} {'s/epoch':>8} "
           f"{'eval acc':>9} {'ratio':>7}")
     for entry_point, run, wall, metrics, ratio in rows:
-        print(f"{entry_point:24} {run:20} {wall:7.1f} {metrics['images_per_sec']:9.0f} "
+        print(f"{entry_point:24} {run:26} {wall:7.1f} {metrics['images_per_sec']:9.0f} "
               f"{metrics['epoch_seconds']:8.2f} {metrics['eval_accuracy']:9.3f} {ratio:>7}")
 
 
