@@ -136,16 +136,42 @@ def no_docker(monkeypatch):
     monkeypatch.setenv("PATH", os.pathsep.join(without_docker))
 
 
+@pytest.fixture
+def no_aws_credentials(monkeypatch):
+    """Nothing boto3's credential chain could find, whatever this machine or an earlier test
+    (moto_server's dummy keys) has set."""
+    for name in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_PROFILE",
+                 "AWS_ENDPOINT_URL", "AWS_CONTAINER_CREDENTIALS_RELATIVE_URI",
+                 "AWS_CONTAINER_CREDENTIALS_FULL_URI", "AWS_WEB_IDENTITY_TOKEN_FILE"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", "/nonexistent/credentials")
+    monkeypatch.setenv("AWS_CONFIG_FILE", "/nonexistent/config")
+    monkeypatch.setenv("AWS_EC2_METADATA_DISABLED", "true")
+
+
 @pytest.mark.parametrize("mode, needs", [("local", "no `docker` command"),
                                          ("host", "needs AWS credentials")])
 def test_unavailable_mode_fails_first_with_what_is_missing(tmp_path, cifar_data_dir, no_docker,
-                                                           mode, needs):
+                                                           no_aws_credentials, mode, needs):
     path = next(p for p in NOTEBOOKS if p.name.startswith("1.2."))
     outcome = run_notebooks.execute(path, {"MODE": mode, "DATA_DIR": str(cifar_data_dir)},
                                     output_dir=tmp_path)
     assert not outcome["ok"]
     assert outcome["error"].startswith(f"ModeUnavailable: MODE='{mode}' needs")
     assert needs in outcome["error"]
+
+
+def test_a_failing_cell_keeps_its_error_after_the_sdk_loaded_sagemaker_core(tmp_path):
+    """Importing sagemaker-core installs rich's IPython traceback handler, after which papermill
+    saw no error output and reported an empty CellExecutionError; `import workshop` stops it."""
+    failing = nbformat.v4.new_notebook(cells=[
+        nbformat.v4.new_code_cell("MODE = 'x'", metadata={"tags": ["parameters"]}),
+        nbformat.v4.new_code_cell("import workshop\nimport sagemaker_core.main.resources\n"
+                                  "raise ValueError('the message a learner must see')")])
+    path = tmp_path / "failing.ipynb"
+    nbformat.write(failing, path)
+    outcome = run_notebooks.execute(path, output_dir=tmp_path / "out")
+    assert outcome["error"] == "ValueError: the message a learner must see"
 
 
 def test_4_1_serves_1_2s_model_in_process_mode(tmp_path, cifar_data_dir):
