@@ -234,7 +234,17 @@ def test_max_run_kills_what_outlives_the_grace_period(probe_estimator, channels,
     assert processes_under(job.job_dir) == []
 
 
-def test_interrupt_stops_every_process_and_writes_failure(probe_estimator, channels, runs):
+@pytest.fixture
+def python_sigint_handler():
+    """Python's own SIGINT handler, as in a kernel (a shell that starts pytest in the
+    background leaves SIGINT ignored, and Python keeps it so)."""
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    yield
+    signal.signal(signal.SIGINT, previous)
+
+
+def test_interrupt_stops_every_process_and_writes_failure(probe_estimator, channels, runs,
+                                                         python_sigint_handler):
     estimator = probe_estimator({"sleep": 60}, distribution=MPI, instance_count=1)
     threading.Timer(3, os.kill, (os.getpid(), signal.SIGINT)).start()  # the notebook's "stop"
     started = time.monotonic()

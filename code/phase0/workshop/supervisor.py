@@ -38,6 +38,9 @@ MAX_RUN_GRACE_SECONDS = 120  # SageMaker: SIGTERM at max_run, the job is ended 1
 MPI_LAUNCHERS = ("mpirun", "orterun", "mpiexec", "orted", "prterun", "prted")
 MPI_TAG = re.compile(r"^\[\d+,(\d+)\]<(?:stdout|stderr)>:(.*)$")
 MPI_EMPTY_TAG = re.compile(r"\[\d+,\d+\]<(?:stdout|stderr)>:$")  # mpirun tags a rank's EOF too
+# On a busy machine mpirun sometimes writes a rank's line without its newline and the next
+# rank's tagged line right after it: split there.
+MPI_TAG_INSIDE = re.compile(r"(?<=.)(?=\[\d+,\d+\]<(?:stdout|stderr)>:)")
 
 
 @dataclass
@@ -134,8 +137,9 @@ def supervise(procs, log, timeout, label_lines, processes_per_host,
 
 def start_watchdog(sessions):
     """workshop/watchdog.py: stops these sessions' processes if this process dies first."""
-    return subprocess.Popen([sys.executable, "-m", "workshop.watchdog", *map(str, sessions)],
-                            cwd=Path(__file__).resolve().parents[1], stdin=subprocess.DEVNULL,
+    watchdog = Path(__file__).with_name("watchdog.py")
+    return subprocess.Popen([sys.executable, str(watchdog), str(os.getpid()), *map(str, sessions)],
+                            stdin=subprocess.DEVNULL,
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                             start_new_session=True)
 
@@ -217,7 +221,8 @@ def start_reader(pipe, label, log, label_lines, processes_per_host):
 
     def pump():
         for raw in iter(pipe.readline, b""):
-            log.line(relabel(raw.decode("utf-8", "replace").rstrip("\r\n")))
+            for line in MPI_TAG_INSIDE.split(raw.decode("utf-8", "replace").rstrip("\r\n")):
+                log.line(relabel(line))
         pipe.close()
 
     reader = threading.Thread(target=pump, daemon=True)

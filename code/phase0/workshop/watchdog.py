@@ -4,10 +4,11 @@ supervise() stops its job's processes in a ``finally``; a SIGKILLed or crashed k
 ``finally``, and the job's processes (each in its own session, so a terminal's signals do not
 reach them) would train on for hours. supervise() therefore starts this watchdog beside them:
 
-    python -m workshop.watchdog <session> [<session> ...]
+    python workshop/watchdog.py <kernel pid> <session> [<session> ...]
 
-It is the kernel's child; when the kernel dies it is handed to another parent, which it notices
-within a second. Then it does what supervise() does: SIGTERM to every process of the job's
+(run as a file, standard library only: it must be watching within milliseconds). It is the
+kernel's child; when the kernel dies it is handed to another parent, which it notices within a
+second. Then it does what supervise() does: SIGTERM to every process of the job's
 sessions, SIGKILL 5 s later. When the job ends normally, supervise() kills the watchdog.
 """
 
@@ -46,8 +47,10 @@ def signal_sessions(sessions, sig):
 
 
 def main(argv):
-    kernel, sessions = os.getppid(), {int(session) for session in argv}
-    while os.getppid() == kernel:
+    kernel, sessions = int(argv[0]), {int(session) for session in argv[1:]}
+    while os.getppid() == kernel:  # also false at once if the kernel died before we started
+        if not session_members(sessions):
+            return  # the job ended and nobody stopped us: nothing to watch
         time.sleep(POLL_SECONDS)
     # Every process, not only mpirun: with its output pipes gone (the kernel read them), mpirun
     # dies of SIGPIPE at its first message and never stops its ranks.
