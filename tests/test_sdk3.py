@@ -10,6 +10,7 @@ import subprocess
 from pathlib import Path
 
 import pytest
+from aws_fixtures import moto_server, sdk_offline  # noqa: F401  (moto_server on loopback)
 
 from workshop import sdk
 
@@ -102,3 +103,76 @@ def test_mwms_cluster_from_sm_hosts_when_tf_config_is_missing(monkeypatch):
     monkeypatch.setenv("SM_HOSTS", '["algo-1"]')  # one host: no cluster
     distributed.tf_config_from_sm_hosts()
     assert "TF_CONFIG" not in os.environ
+
+
+# ------------------------------------------ v3's requests (tests_sdk3/) beside v2's, via moto
+
+BUCKET = "workshop-sdk3-requests"
+ROLE = "arn:aws:iam::123456789012:role/SageMakerWorkshopRole"
+HYPERPARAMETERS = {"epochs": 20, "batch-size": 128, "learning-rate": 0.05}  # 6.0's defaults
+
+
+def v2_request_for_1_2(channels):
+    """What SDK v2 sends for 1.2's job (jobs.workshop_estimator builds the notebook's call)."""
+    from workshop import jobs
+
+    estimator = jobs.workshop_estimator("host", "train_keras.py", HYPERPARAMETERS, role_arn=ROLE,
+                                        bucket=BUCKET, use_spot=True, max_run=3600)
+    sent = {}
+    estimator.sagemaker_session.sagemaker_client.meta.events.register(
+        "provide-client-params.sagemaker.CreateTrainingJob",
+        lambda params, **_: sent.update(params))
+    estimator.fit(channels, wait=False)
+    return sent
+
+
+def test_v3_requests_pass_in_its_venv_and_differ_from_v2s_as_stated(moto_server,  # noqa: F811
+                                                                     tmp_path):
+    """tests_sdk3/ in .venv-sdk3 (its own moto_server); then 1.2's v3 request beside v2's."""
+    out = subprocess.run(
+        [str(SDK3_PYTHON), "-m", "pytest", "-q", "-p", "no:cacheprovider",
+         f"--basetemp={tmp_path / 'sdk3'}", "tests_sdk3"],
+        cwd=ROOT, capture_output=True, text=True, timeout=600,
+        env=sdk3_env(SDK3_REQUESTS_OUT=str(tmp_path)))
+    summary = out.stdout.strip().splitlines()[-1] if out.stdout.strip() else ""
+    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-2000:]
+    assert summary.startswith("4 passed") and "skipped" not in summary, summary
+    v3 = json.loads((tmp_path / "cifar10-train-keras.json").read_text())
+
+    import boto3
+
+    boto3.client("s3").create_bucket(Bucket=BUCKET)
+    channels = {split: f"s3://{BUCKET}/cifar10/{split}" for split in ("train", "validation",
+                                                                     "eval")}
+    v2 = v2_request_for_1_2(channels)
+
+    # The same job: image, instances, spot, time limits, metrics, data, the user's hyperparameters.
+    for key in ("ResourceConfig", "EnableManagedSpotTraining", "StoppingCondition", "RoleArn"):
+        assert v3[key] == v2[key], key
+    for key in ("TrainingImage", "MetricDefinitions", "TrainingInputMode"):
+        assert v3["AlgorithmSpecification"][key] == v2["AlgorithmSpecification"][key], key
+    assert {k: v3["HyperParameters"][k] for k in HYPERPARAMETERS} == \
+        {k: v2["HyperParameters"][k] for k in HYPERPARAMETERS} == \
+        {"epochs": "20", "batch-size": "128", "learning-rate": "0.05"}
+    for request in (v2, v3):
+        assert request["CheckpointConfig"]["S3Uri"].startswith(f"s3://{BUCKET}/cifar10-train-keras-")
+
+    # The differences, all of them.
+    assert set(v2["HyperParameters"]) - set(v3["HyperParameters"]) == {
+        "sagemaker_program", "sagemaker_submit_directory", "sagemaker_container_log_level",
+        "sagemaker_job_name", "sagemaker_region", "model_dir"}
+    assert set(v3["HyperParameters"]) == set(HYPERPARAMETERS)
+    assert v2["HyperParameters"]["sagemaker_program"] == '"train_keras.py"'
+    assert "ContainerEntrypoint" not in v2["AlgorithmSpecification"]
+    assert v3["AlgorithmSpecification"]["ContainerEntrypoint"] == ["/bin/bash"]
+    v2_channels = {c["ChannelName"] for c in v2["InputDataConfig"]}
+    v3_channels = {c["ChannelName"] for c in v3["InputDataConfig"]}
+    assert v2_channels == {"train", "validation", "eval"}
+    assert v3_channels - v2_channels == {"code", "sm_drivers"}  # v2: sourcedir.tar.gz in an HP
+    assert set(v2) - set(v3) == {"ProfilerConfig", "DebugHookConfig"}  # v3: no profiler
+    assert set(v3) - set(v2) == set()
+    assert set(v2["AlgorithmSpecification"]) ^ set(v3["AlgorithmSpecification"]) == {
+        "EnableSageMakerMetricsTimeSeries", "ContainerEntrypoint", "ContainerArguments"}
+    assert v2["OutputDataConfig"] == {"S3OutputPath": f"s3://{BUCKET}/"}
+    assert v3["OutputDataConfig"] == {"S3OutputPath": f"s3://{BUCKET}/cifar10-train-keras",
+                                      "CompressionType": "GZIP"}

@@ -252,22 +252,13 @@ def eval_images(data_dir, count=16):
 
 
 def v2_record(notebook, epochs):
-    """The recorded v2 run of ``notebook`` (runs/results/<notebook>.json) if it trained EPOCHS
-    epochs in local mode, with its job's metrics.json; else None and why."""
-    record = jobs.load_result(notebook)
-    if record is None:
-        return None, f"no recorded run of {notebook}: run it with MODE='local' first"
-    if record.get("mode") != "local" or record.get("epochs") != epochs:
-        return None, (f"{notebook}'s recorded run ({record.get('mode')}, {record.get('epochs')} "
-                      f"epochs) is not a local run of EPOCHS={epochs}: run it again with these "
-                      f"parameters")
-    return record, None
-
-
-def headline(v3_results, v2, v3_failures):
-    """The RESULT line: v3's runs, the v2 run of 1.2 beside them, and the gaps found."""
-    line = {name: jobs.headline(result) for name, result in v3_results.items()}
-    line["v2_1.2"] = {key: v2.get(key) for key in ("mode", "job_name", "eval_accuracy", "epochs",
-                                                  "wall_seconds")} if v2 else None
-    line["gaps"] = v3_failures
-    return line
+    """The latest recorded local-mode run of ``notebook`` (runs/results/runs/) that trained
+    EPOCHS epochs, or None; and why not."""
+    folder = RUNS_DIR / "results" / "runs"
+    records = [json.loads(path.read_text()) for path in sorted(folder.glob("*.json"))]
+    matching = [r for r in records if r.get("notebook") == notebook
+                and r.get("mode") == "local" and r.get("epochs") == epochs]
+    if not matching:
+        return None, (f"no local-mode run of {notebook} with EPOCHS={epochs} is recorded: run "
+                      f"{notebook} with MODE='local' and the same parameters first")
+    return max(matching, key=lambda r: r.get("recorded_at") or ""), None
