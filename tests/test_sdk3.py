@@ -6,6 +6,7 @@ as a subprocess here, beside v2's request for the same job), and notebook 6.0 in
 
 import json
 import os
+import re
 import subprocess
 from pathlib import Path
 
@@ -176,3 +177,73 @@ def test_v3_requests_pass_in_its_venv_and_differ_from_v2s_as_stated(moto_server,
     assert v2["OutputDataConfig"] == {"S3OutputPath": f"s3://{BUCKET}/"}
     assert v3["OutputDataConfig"] == {"S3OutputPath": f"s3://{BUCKET}/cifar10-train-keras",
                                       "CompressionType": "GZIP"}
+
+
+# ------------------------------------------------------- notebook 6.0 in local mode (papermill)
+
+# As test_local_mode.py's 1.2 run, which is the v2 side of the comparison when the whole suite
+# runs (it records its run under runs/results/runs/); run alone, this file trains it once.
+SMALL = {"EPOCHS": 2, "BATCH_SIZE": 32, "LEARNING_RATE": 0.02}
+
+
+@pytest.fixture(scope="module")
+def v2_local_1_2(sdk_offline, cifar_data_dir, tmp_path_factory):  # noqa: F811
+    from workshop import run_notebooks, sdk3
+
+    record, _ = sdk3.v2_record("1.2", SMALL["EPOCHS"])
+    if record is None:
+        (path,) = run_notebooks.notebooks(only=["1.2"])
+        outcome = run_notebooks.execute(path, {"MODE": "local", "DATA_DIR": str(cifar_data_dir),
+                                               **SMALL}, output_dir=tmp_path_factory.mktemp("v2"))
+        assert outcome["ok"], outcome["error"]
+        record, why = sdk3.v2_record("1.2", SMALL["EPOCHS"])
+        assert record, why
+    return record
+
+
+def test_6_0_runs_the_jobs_with_v3_in_local_mode(v2_local_1_2, cifar_data_dir, tmp_path):
+    """train_keras.py and train_tf_mwms.py under v3's driver in their images, unchanged but for
+    the TF_CONFIG fallback; train_keras_horovod.py's MPI job fails as v3's local mode makes it."""
+    import nbformat
+
+    from workshop import RUNS_DIR, dataset, inference, run_notebooks
+
+    (path,) = run_notebooks.notebooks(only=["6.0"])
+    outcome = run_notebooks.execute(path, {"MODE": "local", "DATA_DIR": str(cifar_data_dir),
+                                           **SMALL}, output_dir=tmp_path)
+    assert outcome["ok"], outcome["error"]
+    result = outcome["result"]
+    notebook = nbformat.read(outcome["output"], as_version=4)
+    text = "".join(o.get("text", "") for c in notebook.cells for o in c.get("outputs", []))
+
+    # 1.2's job under v3: trained, evaluated, served, and as accurate as v2's run of it.
+    v3 = result["v3"]
+    assert (v3["mode"], v3["epochs"], v3["workers"]) == ("local", 2, 1)
+    assert v3["eval_accuracy"] > 0.3  # 10 classes: chance is 0.1
+    assert result["v2"]["job_name"] == v2_local_1_2["job_name"]
+    assert abs(v3["eval_accuracy"] - result["v2"]["eval_accuracy"]) <= 0.05
+    signature = inference.load_signature(RUNS_DIR / v3["job_name"] / "model.tar.gz")
+    images, labels = dataset.read_examples(cifar_data_dir, "eval", count=None)
+    served = float((inference.predict_classes(signature, images) == labels).mean())
+    assert served == pytest.approx(v3["eval_accuracy"], abs=0.01)
+    assert "train_keras.py --epochs 2 --batch-size 32 --learning-rate 0.02'" in text  # no model_dir
+    assert "TF_CONFIG in the job's environment: False" in text
+
+    # 1.5's job: v3 runs -np <per node> over both hosts; local mode names interface ethwe.
+    assert result["mpi"] == {
+        "instances": 2, "process_count_per_node": 1, "mpirun_hosts": "algo-1,algo-2",
+        "mpirun_np": 1, "v2_np": 2, "interface": "ethwe", "interface_refused": "ethwe",
+        "ranks_finished": 0, "job_failed": True}
+
+    # 3.2's job: two workers from SM_HOSTS, in step (one weights fingerprint).
+    mwms = result["mwms"]
+    assert (mwms["workers"], mwms["epochs"]) == (2, 2) and mwms["eval_accuracy"] > 0.3
+    assert [rank[:2] for rank in mwms["ranks"]] == [[0, 2], [1, 2]]
+    assert len({rank[2] for rank in mwms["ranks"]}) == 1
+
+    # The gaps the notebook shows by running them.
+    assert result["deployed_accuracy"] is None  # no local endpoint for v3's resources
+    assert re.search(r"^v3: .*sagemaker\.tensorflow", text, re.M)  # the import fails
+    assert "tensorflow-training:2.19-gpu-py312" in text  # image_uris for "local_cpu"
+    assert "only supported for mlflow models" in text
+    print(f"v2 1.2 local: {result['v2']['wall_seconds']} s, v3: {v3['wall_seconds']} s")
