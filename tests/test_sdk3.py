@@ -58,6 +58,15 @@ def test_a_v3_kernel_stops_the_v2_notebooks_first_cell():
     assert "pip uninstall -y sagemaker sagemaker-core" in out.stdout
 
 
+def test_notebook_runs_pick_the_kernel_of_the_notebooks_sdk():
+    from workshop import run_notebooks
+
+    kernels = {p.name[:3]: run_notebooks.kernel_for(p) for p in run_notebooks.notebooks()}
+    assert kernels.pop("6.0") == "cifar-workshop-sdk3"
+    assert set(kernels.values()) == {"cifar-workshop"}
+    assert (run_notebooks.SDK3_KERNELS / "kernels" / "cifar-workshop-sdk3" / "kernel.json").exists()
+
+
 def sdk3_env(**extra):
     """.venv-sdk3 imports this checkout's workshop package (its .pth may name another one)."""
     return {**os.environ, "PYTHONPATH": str(ROOT / "code" / "phase0"), **extra}
