@@ -13,7 +13,7 @@ HOROVOD_FLAGS := HOROVOD_WITH_TENSORFLOW=1 HOROVOD_WITHOUT_PYTORCH=1 HOROVOD_WIT
 
 .PHONY: setup workshop test lint bench clean local-images
 
-setup: $(VENV)/.done .venv-keras3/.done .venv-toolkit/.done
+setup: $(VENV)/.done .venv-keras3/.done .venv-toolkit/.done .venv-sdk3/.done
 
 # Open MPI: mpirun launches the Horovod/SMDDP ranks in process mode, and Horovod builds against it.
 .apt.done:
@@ -42,6 +42,18 @@ $(VENV)/.done: .apt.done requirements.txt requirements-test.txt constraints.txt
 .venv-keras3/.done: requirements-keras3.txt
 	test -x .venv-keras3/bin/python || $(PYTHON) -m venv .venv-keras3
 	.venv-keras3/bin/pip install -q -r requirements-keras3.txt
+	touch $@
+
+# SageMaker Python SDK v3 (notebook 6.0, tests_sdk3/): its own venv and kernel, since v2 and v3
+# both install the import name `sagemaker` and v2 needs sagemaker-core<2.
+KERNEL_SDK3 := cifar-workshop-sdk3
+.venv-sdk3/.done: requirements-sdk3.txt constraints-sdk3.txt
+	test -x .venv-sdk3/bin/python || $(PYTHON) -m venv .venv-sdk3
+	.venv-sdk3/bin/pip install -q --upgrade pip setuptools wheel
+	.venv-sdk3/bin/pip install -q -r requirements-sdk3.txt -c constraints-sdk3.txt
+	echo "$(CURDIR)/code/phase0" > $$(.venv-sdk3/bin/python -c "import sysconfig; print(sysconfig.get_paths()['purelib'])")/cifar_workshop.pth
+	.venv-sdk3/bin/python -m ipykernel install --sys-prefix --name $(KERNEL_SDK3) --display-name "Python 3 (CIFAR-10 workshop, SageMaker SDK v3)" >/dev/null
+	.venv-sdk3/bin/python -m ipykernel install --user --name $(KERNEL_SDK3) --display-name "Python 3 (CIFAR-10 workshop, SageMaker SDK v3)" >/dev/null
 	touch $@
 
 .venv-toolkit/.done: requirements-toolkit.txt

@@ -7,7 +7,8 @@ collective all-reduces, so all replicas keep identical weights. Every line that 
 train_tf.py is marked ``# MWMS:``. A custom loop, because Keras 3's ``model.fit`` fails under
 MWMS (keras-team/keras#20585): this script runs on Keras 2 and 3. SageMaker starts one worker
 per instance and sets its TF_CONFIG with ``distribution={"multi_worker_mirrored_strategy":
-{"enabled": True}}`` (TF >= 2.9); without SageMaker, start each worker with its own TF_CONFIG:
+{"enabled": True}}`` (TF >= 2.9); SDK v3's ModelTrainer sets none, so the script builds it
+from SM_HOSTS and SM_CURRENT_HOST. Without SageMaker, start each worker with its own TF_CONFIG:
 
   TF_CONFIG='{"cluster": {"worker": ["127.0.0.1:23456", "127.0.0.1:23457"]},
               "task": {"type": "worker", "index": 0}}' python train_tf_mwms.py \
@@ -28,6 +29,7 @@ from cifar.sagemaker_args import parse_args
 from cifar.stopping import SigtermStop, mwms_agreement  # MWMS: + mwms_agreement
 
 args = parse_args(__doc__)
+distributed.tf_config_from_sm_hosts()  # MWMS: SageMaker: SDK v3 sets no TF_CONFIG, v2 does
 strategy = tf.distribute.MultiWorkerMirroredStrategy()  # MWMS: first, before any other TF op
 worker, workers = distributed.mwms_worker()  # MWMS: this worker's index and the count (TF_CONFIG)
 chief = worker == 0  # MWMS: worker 0 logs and keeps what it saves

@@ -6,11 +6,13 @@ import json
 import os
 import time
 
-from . import SRC_DIR, entry_points, jobs, resolve
+from . import SRC_DIR, entry_points, jobs, resolve, sdk
 
 
 def start(mode, data_dir, role_arn=""):
-    """Check that MODE can run here (ModeUnavailable says what is missing); the data folder."""
+    """Check that this kernel has SageMaker SDK v2 (sdk.WrongSDK names the kernel to pick) and
+    that MODE can run here (ModeUnavailable says what is missing); the data folder."""
+    sdk.require(2)
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "1")  # hide TF start-up notices, here and in jobs
     jobs.check_mode_available(mode, role=role_arn or None)
     return resolve(data_dir)

@@ -8,6 +8,7 @@ Executed copies go to runs/notebooks/ (git-ignored). Each notebook ends by print
 
 import argparse
 import json
+import os
 import re
 import sys
 import time
@@ -16,7 +17,16 @@ from pathlib import Path
 from . import PHASE0_DIR, RUNS_DIR
 
 KERNEL = "cifar-workshop"
+# Notebooks written for SageMaker SDK v3 (6.x) run in the v3 kernel that `make setup` installs
+# into .venv-sdk3; its kernel folder goes first on JUPYTER_PATH, so this checkout's is used.
+KERNEL_SDK3 = "cifar-workshop-sdk3"
+SDK3_KERNELS = PHASE0_DIR.parent.parent / ".venv-sdk3" / "share" / "jupyter"
 TRAINING_PARAMETERS = ("EPOCHS",)
+
+
+def kernel_for(path, kernel=KERNEL):
+    """The v3 kernel for 6.x notebooks, ``kernel`` for the others (SDK v2)."""
+    return KERNEL_SDK3 if path.name.startswith("6.") else kernel
 
 
 def notebooks(only=()):
@@ -50,7 +60,8 @@ IOPUB_TIMEOUT = 120
 
 
 def execute(path, parameters=None, output_dir=None, kernel=KERNEL):
-    """Execute one notebook; returns {"notebook", "ok", "seconds", "result", "error", "output"}."""
+    """Execute one notebook (6.x in the v3 kernel); returns {"notebook", "ok", "seconds",
+    "result", "error", "output"}."""
     import papermill
 
     output_dir = Path(output_dir or RUNS_DIR / "notebooks")
@@ -59,6 +70,11 @@ def execute(path, parameters=None, output_dir=None, kernel=KERNEL):
     known = parameter_names(path)
     parameters = {k: v for k, v in (parameters or {}).items() if k in known}
     start, error, executed = time.time(), None, None
+    kernel = kernel_for(path, kernel)
+    if kernel == KERNEL_SDK3:
+        os.environ["JUPYTER_PATH"] = os.pathsep.join(
+            [str(SDK3_KERNELS)] + [p for p in os.environ.get("JUPYTER_PATH", "").split(os.pathsep)
+                                   if p and p != str(SDK3_KERNELS)])
     try:
         executed = papermill.execute_notebook(
             str(path), str(output), parameters=parameters, kernel_name=kernel,
@@ -91,6 +107,10 @@ def main(argv=None):
             parameters[name] = value
     failed = 0
     for path in notebooks(args.only):
+        if not args.only and kernel_for(path) == KERNEL_SDK3:  # SDK v3 needs Docker or AWS
+            print(f"skipped {path.name}: SageMaker SDK v3 has no process mode; run it with "
+                  f"--only {path.name[:3]} -p MODE local (Docker) or -p MODE host", flush=True)
+            continue
         outcome = execute(path, parameters, kernel=args.kernel)
         failed += not outcome["ok"]
         status = "passed" if outcome["ok"] else "FAILED"

@@ -97,6 +97,24 @@ def mwms_worker():
     return int(config.get("task", {}).get("index", 0)), max(len(workers), 1)
 
 
+MWMS_PORT = 8890  # the port SageMaker's TF training toolkit gives MWMS workers
+
+
+def tf_config_from_sm_hosts():
+    """Set TF_CONFIG from SM_HOSTS and SM_CURRENT_HOST when it is missing, as SDK v2's
+    ``multi_worker_mirrored_strategy`` distribution would (the TF training toolkit, port 8890).
+
+    SageMaker SDK v3's ModelTrainer replaces the toolkit with its own driver, which sets no
+    TF_CONFIG. Nothing changes when TF_CONFIG is set or there is one host (or none).
+    """
+    hosts = json.loads(os.environ.get("SM_HOSTS") or "[]")
+    if os.environ.get("TF_CONFIG") or len(hosts) < 2:
+        return
+    os.environ["TF_CONFIG"] = json.dumps({
+        "cluster": {"worker": [f"{host}:{MWMS_PORT}" for host in hosts]}, "environment": "cloud",
+        "task": {"type": "worker", "index": hosts.index(os.environ["SM_CURRENT_HOST"])}})
+
+
 def mwms_dataset(strategy, dataset):
     """A worker's own dataset (sharded and batched by data.make_dataset) as MWMS input, as is.
 

@@ -49,8 +49,8 @@ def build_parser(description):
     paths.add_argument("--checkpoint-dir",
                        default=default_checkpoint_dir(),
                        help="per-epoch checkpoints; a run resumes from the latest one")
-    # SageMaker: the TF estimator always passes --model_dir (an S3 prefix); the model goes to
-    # --sm-model-dir instead, so this is accepted and ignored.
+    # SageMaker: SDK v2's TF estimator always passes --model_dir (an S3 prefix); the model goes
+    # to --sm-model-dir instead, so this is accepted and ignored. SDK v3 passes none.
     paths.add_argument("--model_dir", help=argparse.SUPPRESS)
     return parser
 
