@@ -30,9 +30,9 @@ from test_entry_points import clean_env, standalone
 from workshop import dataset, inference, jobs, resume
 from workshop.process_mode import JobStoppedWarning, run_process_job
 
-# Long enough to train for a while after start-up (8-40 s here, with the CPUs shared), far
-# shorter than 30 epochs.
-MAX_RUN = 60
+# Past start-up (8-25 s here when the suite runs alone) and into training, far shorter than 30
+# epochs; a SIGTERM still in start-up is a case the test accepts (done == 0).
+MAX_RUN = 35
 WINDOW = 120  # SageMaker's; process mode's default
 SLOW = {"epochs": 30, "batch-size": 16}
 DISTRIBUTIONS = {
