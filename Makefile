@@ -1,5 +1,7 @@
 # The workshop's two commands: `make workshop` and `make test`. Both set up first; set-up is
 # idempotent (stamp files), so a second run does nothing slow.
+# pip installs with --no-compile: Python compiles the modules it imports on first use, and
+# compiling every file of every package up front took half of each install here.
 
 PYTHON ?= python3.11
 VENV := .venv
@@ -27,7 +29,7 @@ setup: $(VENV)/.done .venv-keras3/.done .venv-toolkit/.done .venv-sdk3/.done
 $(VENV)/.done: .apt.done requirements.txt requirements-test.txt constraints.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip setuptools wheel
-	$(BIN)/pip install -q -r requirements.txt -r requirements-test.txt -c constraints.txt
+	$(BIN)/pip install -q --no-compile -r requirements.txt -r requirements-test.txt -c constraints.txt
 	$(BIN)/python -c "import horovod.tensorflow" 2>/dev/null || \
 	  $(HOROVOD_FLAGS) $(BIN)/pip install -q --no-build-isolation horovod==0.28.1
 	$(BIN)/horovodrun --check-build | grep -q "\[X\] TensorFlow"
@@ -41,7 +43,7 @@ $(VENV)/.done: .apt.done requirements.txt requirements-test.txt constraints.txt
 
 .venv-keras3/.done: requirements-keras3.txt
 	test -x .venv-keras3/bin/python || $(PYTHON) -m venv .venv-keras3
-	.venv-keras3/bin/pip install -q -r requirements-keras3.txt
+	.venv-keras3/bin/pip install -q --no-compile -r requirements-keras3.txt
 	touch $@
 
 # SageMaker Python SDK v3 (notebook 6.0, tests_sdk3/): its own venv and kernel, since v2 and v3
@@ -50,7 +52,7 @@ KERNEL_SDK3 := cifar-workshop-sdk3
 .venv-sdk3/.done: requirements-sdk3.txt constraints-sdk3.txt
 	test -x .venv-sdk3/bin/python || $(PYTHON) -m venv .venv-sdk3
 	.venv-sdk3/bin/pip install -q --upgrade pip setuptools wheel
-	.venv-sdk3/bin/pip install -q -r requirements-sdk3.txt -c constraints-sdk3.txt
+	.venv-sdk3/bin/pip install -q --no-compile -r requirements-sdk3.txt -c constraints-sdk3.txt
 	echo "$(CURDIR)/code/phase0" > $$(.venv-sdk3/bin/python -c "import sysconfig; print(sysconfig.get_paths()['purelib'])")/cifar_workshop.pth
 	.venv-sdk3/bin/python -m ipykernel install --sys-prefix --name $(KERNEL_SDK3) --display-name "Python 3 (CIFAR-10 workshop, SageMaker SDK v3)" >/dev/null
 	.venv-sdk3/bin/python -m ipykernel install --user --name $(KERNEL_SDK3) --display-name "Python 3 (CIFAR-10 workshop, SageMaker SDK v3)" >/dev/null
@@ -58,7 +60,7 @@ KERNEL_SDK3 := cifar-workshop-sdk3
 
 .venv-toolkit/.done: requirements-toolkit.txt
 	test -x .venv-toolkit/bin/python || $(PYTHON) -m venv .venv-toolkit
-	.venv-toolkit/bin/pip install -q -r requirements-toolkit.txt
+	.venv-toolkit/bin/pip install -q --no-compile -r requirements-toolkit.txt
 	touch $@
 
 # MODE="local": a Docker engine, docker-compose, and the stand-in SageMaker training images
