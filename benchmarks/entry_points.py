@@ -18,6 +18,7 @@ synchronisation costs here, not what a second machine would give.
 
 import argparse
 import json
+import os
 import subprocess
 import sys
 import tempfile
@@ -53,6 +54,17 @@ def process_mode(entry_point, count, data_dir, runs, hyperparameters):
     result = jobs.run_in_process(estimator, jobs.data_channels("process", data_dir), runs_dir=runs,
                                  logs=False)
     return result.metrics, result.wall_seconds
+
+
+TELEMETRY_OPT_OUT = ("SchemaVersion: '1.0'\n"
+                     "SageMaker:\n  PythonSDK:\n    Modules:\n      TelemetryOptOut: true\n")
+
+
+def sdk_telemetry_off(folder):
+    """The SDK sends telemetry from every fit(), local mode too: opt out (as the tests do)."""
+    config = folder / "sagemaker-config.yaml"
+    config.write_text(TELEMETRY_OPT_OUT)
+    os.environ["SAGEMAKER_USER_CONFIG_OVERRIDE"] = str(config)
 
 
 def local_mode(entry_point, count, data_dir, runs, hyperparameters):
@@ -98,6 +110,7 @@ def main():
             rows.append((entry_point, f"{count} proc, Keras {metrics['keras'][:4]}", wall,
                          metrics, ratio))
         if args.local:
+            sdk_telemetry_off(tmp)
             for entry_point, count, _ in RUNS:
                 metrics, wall = local_mode(entry_point, count, data_dir, tmp / "runs",
                                            hyperparameters)
