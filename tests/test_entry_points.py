@@ -119,13 +119,14 @@ def test_sigterm_then_rerun_resumes_without_losing_or_repeating_epochs(
 def test_keras3_tensorflow_trains_and_saves_a_servable_model(entry_point, cifar_data_dir, tmp_path):
     """The 2.19 training container is Keras 3: the same script on TF 2.21 / Keras 3."""
     completed = subprocess.run(
-        standalone(KERAS3_PYTHON, entry_point, cifar_data_dir, tmp_path, "--epochs", "1",
-                   "--batch-size", "64"), env=clean_env(), capture_output=True, text=True,
-        timeout=600)
+        standalone(KERAS3_PYTHON, entry_point, cifar_data_dir, tmp_path, "--epochs", "2",
+                   "--batch-size", "32", "--learning-rate", "0.02"), env=clean_env(),
+        capture_output=True, text=True, timeout=600)
     assert completed.returncode == 0, completed.stderr[-3000:]
     metrics = json.loads((tmp_path / "output" / "metrics.json").read_text())
     assert metrics["keras"].startswith("3.") and metrics["tensorflow"].startswith("2.21")
-    assert metrics["eval_accuracy"] > 0.2
+    # One epoch of batch 64 once gave 0.19: these settings learn the fixture data (0.8-1.0).
+    assert metrics["eval_accuracy"] > 0.3  # 10 classes: chance is 0.1
     check = ("import sys, numpy as np, tensorflow as tf; "
              "f = tf.saved_model.load(sys.argv[1]).signatures['serving_default']; "
              "print(f(image=tf.zeros([3, 32, 32, 3], tf.uint8))['class_id'].shape)")

@@ -278,7 +278,7 @@ def test_projection_appears_right_after_the_first_epoch_line(probe_estimator, ch
     assert f'RESUME_FROM = "{job.job_name}"' in lines[first + 1]
     assert "Lower EPOCHS to 3" in lines[first + 1] or "Lower EPOCHS to 2" in lines[first + 1]
     assert seen[first + 1][0] < 3  # at once, not at the stop (4 s)
-    assert job.status == "Stopped" and job.last_epoch in (2, 3)
+    assert job.status == "Stopped" and 2 <= job.last_epoch < 5  # SIGTERM at 4 s
 
 
 def test_progress_bar_follows_the_epoch_lines(probe_estimator, channels, runs):
