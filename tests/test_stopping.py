@@ -30,11 +30,12 @@ from test_entry_points import clean_env, standalone
 from workshop import dataset, inference, jobs, resume
 from workshop.process_mode import JobStoppedWarning, run_process_job
 
-# Past start-up (8-25 s here when the suite runs alone) and into training, far shorter than 30
-# epochs; a SIGTERM still in start-up is a case the test accepts (done == 0).
+# Past start-up (8-25 s here when the suite runs alone) and into training, far shorter than 60
+# epochs (train_tf.py's progress bar showed about 1.5 s an epoch at batch 16 here, so 30 epochs
+# came close to fitting); a SIGTERM still in start-up is a case the test accepts (done == 0).
 MAX_RUN = 35
 WINDOW = 120  # SageMaker's; process mode's default
-SLOW = {"epochs": 30, "batch-size": 16}
+SLOW = {"epochs": 60, "batch-size": 16}
 DISTRIBUTIONS = {
     "train_keras.py": {},
     "train_tf.py": {},
@@ -78,7 +79,7 @@ def test_max_run_stops_the_job_with_a_model_that_serves(entry_point, cifar_data_
     assert "SIGKILLed" not in log
     assert result.metrics["stopped_by"] == "SIGTERM" and result.metrics["eval_accuracy"] is None
     assert [row["epoch"] for row in result.history] == list(range(1, done + 1))
-    assert epoch_numbers(log, 30) == list(range(1, done + 1))
+    assert epoch_numbers(log, SLOW["epochs"]) == list(range(1, done + 1))
     assert log.count(f"stopped by SIGTERM after epoch {done}: model saved") == 1  # chief only
     job_model = result.model_artifact.parent / "model" / "1"
     assert log.count(f"saved model: {job_model} ") == 1  # one model, from the chief
@@ -88,7 +89,7 @@ def test_max_run_stops_the_job_with_a_model_that_serves(entry_point, cifar_data_
     if done:  # at least one epoch trained: better than chance (0.1)
         assert accuracy > 0.2
     fingerprints = FINGERPRINT.findall(log)
-    if "distribution" in DISTRIBUTIONS[entry_point]:
+    if DISTRIBUTIONS[entry_point]:  # two ranks or workers: they stopped in step
         assert len(fingerprints) == 2 and len(set(fingerprints)) == 1, fingerprints
 
 
