@@ -13,10 +13,15 @@ def test_open_mpi_launcher_is_installed():
 
 
 def test_horovod_is_built_with_tensorflow_mpi_and_gloo():
-    check = subprocess.run([str(Path(sys.executable).with_name("horovodrun")), "--check-build"],
+    """What `horovodrun --check-build` reports, read from Horovod itself (that command also
+    probes PyTorch and MXNet, which took 28 s here)."""
+    check = subprocess.run([sys.executable, "-c", "import horovod.tensorflow as hvd; "
+                            "print(hvd.mpi_built(), hvd.gloo_built())"],
                            capture_output=True, text=True, timeout=120)
-    for line in ("[X] TensorFlow", "[X] MPI", "[X] Gloo"):
-        assert line in check.stdout, f"Horovod lacks {line}: rerun `make setup`"
+    assert check.returncode == 0, f"Horovod lacks TensorFlow: rerun `make setup`\n{check.stderr}"
+    mpi, gloo = check.stdout.split()
+    assert mpi == "True", "Horovod lacks MPI: rerun `make setup`"
+    assert gloo == "True", "Horovod lacks Gloo: rerun `make setup`"
 
 
 def test_side_environments_exist():
