@@ -1,13 +1,15 @@
 """SageMaker Python SDK v3 beside v2 (issue 11): the kernel guard, the entry points' v3 argument
 and cluster forms, and the two things that need .venv-sdk3 (v2 and v3 cannot share a venv):
-its own tests in tests_sdk3/ (CreateTrainingJob and deploy requests against moto_server, run
-as a subprocess here, beside v2's request for the same job), and notebook 6.0 in local mode.
+its own tests in tests_sdk3/, run as subprocesses here (CreateTrainingJob and deploy requests
+against moto_server, beside v2's request for the same job; train_tf.py under v3's driver in its
+image), and notebook 6.0 in local mode (train_keras.py, train_tf_mwms.py under v3's driver).
 """
 
 import json
 import os
 import re
 import subprocess
+import tarfile
 from pathlib import Path
 
 import pytest
@@ -115,6 +117,32 @@ def test_mwms_cluster_from_sm_hosts_when_tf_config_is_missing(monkeypatch):
     assert "TF_CONFIG" not in os.environ
 
 
+def test_train_tf_runs_unchanged_under_v3s_driver_in_its_image(sdk_offline,  # noqa: F811
+                                                                 cifar_data_dir, tmp_path):
+    """tests_sdk3/test_local_container.py trains 2.1's script with ModelTrainer in local
+    container mode; here, with TensorFlow, its model.tar.gz is opened and served."""
+    from workshop import dataset, inference
+
+    out = subprocess.run(
+        [str(SDK3_PYTHON), "-m", "pytest", "-q", "-p", "no:cacheprovider",
+         f"--basetemp={tmp_path / 'sdk3'}", "tests_sdk3/test_local_container.py"],
+        cwd=ROOT, capture_output=True, text=True, timeout=900,
+        env=sdk3_env(SDK3_DATA_DIR=str(cifar_data_dir),
+                     SDK3_RESULT_OUT=str(tmp_path / "result.json")))
+    summary = out.stdout.strip().splitlines()[-1] if out.stdout.strip() else ""
+    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-2000:]
+    assert summary.startswith("1 passed") and "skipped" not in summary, summary
+    result = json.loads((tmp_path / "result.json").read_text())
+    assert (result["mode"], result["epochs"], result["workers"]) == ("local", 2, 1)
+    assert result["eval_accuracy"] > 0.3  # 10 classes: chance is 0.1
+    with tarfile.open(result["model_artifact"]) as tar:
+        assert "1/saved_model.pb" in {name.removeprefix("./") for name in tar.getnames()}
+    signature = inference.load_signature(Path(result["model_artifact"]))
+    images, labels = dataset.read_examples(cifar_data_dir, "eval", count=None)
+    served = float((inference.predict_classes(signature, images) == labels).mean())
+    assert served == pytest.approx(result["eval_accuracy"], abs=0.01)
+
+
 # ------------------------------------------ v3's requests (tests_sdk3/) beside v2's, via moto
 
 BUCKET = "workshop-sdk3-requests"
@@ -141,7 +169,7 @@ def test_v3_requests_pass_in_its_venv_and_differ_from_v2s_as_stated(moto_server,
     """tests_sdk3/ in .venv-sdk3 (its own moto_server); then 1.2's v3 request beside v2's."""
     out = subprocess.run(
         [str(SDK3_PYTHON), "-m", "pytest", "-q", "-p", "no:cacheprovider",
-         f"--basetemp={tmp_path / 'sdk3'}", "tests_sdk3"],
+         f"--basetemp={tmp_path / 'sdk3'}", "tests_sdk3/test_requests.py"],
         cwd=ROOT, capture_output=True, text=True, timeout=600,
         env=sdk3_env(SDK3_REQUESTS_OUT=str(tmp_path)))
     summary = out.stdout.strip().splitlines()[-1] if out.stdout.strip() else ""
