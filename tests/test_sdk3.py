@@ -74,6 +74,17 @@ def sdk3_env(**extra):
     return {**os.environ, "PYTHONPATH": str(ROOT / "code" / "phase0"), **extra}
 
 
+def pytest_in_sdk3(test_file, tmp_path, passed, timeout, **env):
+    """Run tests_sdk3/<test_file> in .venv-sdk3; it must pass ``passed`` tests, none skipped."""
+    out = subprocess.run(
+        [str(SDK3_PYTHON), "-m", "pytest", "-q", "-p", "no:cacheprovider",
+         f"--basetemp={tmp_path / 'sdk3'}", f"tests_sdk3/{test_file}"],
+        cwd=ROOT, capture_output=True, text=True, timeout=timeout, env=sdk3_env(**env))
+    summary = out.stdout.strip().splitlines()[-1] if out.stdout.strip() else ""
+    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-2000:]
+    assert summary.startswith(f"{passed} passed") and "skipped" not in summary, summary
+
+
 # ------------------------------------------------------- the entry points under v3's driver
 
 
@@ -123,15 +134,8 @@ def test_train_tf_runs_unchanged_under_v3s_driver_in_its_image(sdk_offline,  # n
     container mode; here, with TensorFlow, its model.tar.gz is opened and served."""
     from workshop import dataset, inference
 
-    out = subprocess.run(
-        [str(SDK3_PYTHON), "-m", "pytest", "-q", "-p", "no:cacheprovider",
-         f"--basetemp={tmp_path / 'sdk3'}", "tests_sdk3/test_local_container.py"],
-        cwd=ROOT, capture_output=True, text=True, timeout=900,
-        env=sdk3_env(SDK3_DATA_DIR=str(cifar_data_dir),
-                     SDK3_RESULT_OUT=str(tmp_path / "result.json")))
-    summary = out.stdout.strip().splitlines()[-1] if out.stdout.strip() else ""
-    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-2000:]
-    assert summary.startswith("1 passed") and "skipped" not in summary, summary
+    pytest_in_sdk3("test_local_container.py", tmp_path, passed=1, timeout=900,
+                   SDK3_DATA_DIR=str(cifar_data_dir), SDK3_RESULT_OUT=str(tmp_path / "result.json"))
     result = json.loads((tmp_path / "result.json").read_text())
     assert (result["mode"], result["epochs"], result["workers"]) == ("local", 2, 1)
     assert result["eval_accuracy"] > 0.3  # 10 classes: chance is 0.1
@@ -167,14 +171,8 @@ def v2_request_for_1_2(channels):
 def test_v3_requests_pass_in_its_venv_and_differ_from_v2s_as_stated(moto_server,  # noqa: F811
                                                                      tmp_path):
     """tests_sdk3/ in .venv-sdk3 (its own moto_server); then 1.2's v3 request beside v2's."""
-    out = subprocess.run(
-        [str(SDK3_PYTHON), "-m", "pytest", "-q", "-p", "no:cacheprovider",
-         f"--basetemp={tmp_path / 'sdk3'}", "tests_sdk3/test_requests.py"],
-        cwd=ROOT, capture_output=True, text=True, timeout=600,
-        env=sdk3_env(SDK3_REQUESTS_OUT=str(tmp_path)))
-    summary = out.stdout.strip().splitlines()[-1] if out.stdout.strip() else ""
-    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-2000:]
-    assert summary.startswith("4 passed") and "skipped" not in summary, summary
+    pytest_in_sdk3("test_requests.py", tmp_path, passed=4, timeout=600,
+                   SDK3_REQUESTS_OUT=str(tmp_path))
     v3 = json.loads((tmp_path / "cifar10-train-keras.json").read_text())
 
     import boto3
