@@ -9,8 +9,9 @@ offline, tagged with the ECR URIs that the SageMaker Python SDK resolves, so tha
 2. Per image: the Python of the real image (same minor version) copied from pyenv, and a
    wheelhouse made on this machine with that interpreter (pip's cache makes a rebuild cheap),
    so ``docker build`` needs no PyPI access; Horovod is compiled inside the image.
-3. The inference image (``Dockerfile.inference``) is the 2.19 training stand-in plus gunicorn and
-   falcon wheels made the same way and ``workshop/tfs_standin.py``, run by its ``serve`` command.
+3. The inference image (``Dockerfile.inference``): the same base, Python 3.12 and TensorFlow 2.20
+   (the version of the TF Serving 2.20 image it stands in for) with gunicorn and falcon, and
+   ``workshop/tfs_standin.py``, run by its ``serve`` command.
 4. Each image is labelled with a fingerprint of everything it is built from; when the tagged
    image already carries it, nothing is done (a second run takes seconds).
 
@@ -41,24 +42,28 @@ HOROVOD = {"2.12": "0.27.0", "2.11": "0.26.1"}
 
 
 def training_images():
-    """{name: (TF version, py version, pyenv minor version, Horovod version or None)}, one per
-    image an entry point of the registry (code/phase0/workshop/entry_points.py) names."""
+    """{name: (TF version, py version, pyenv minor version, Horovod version or None, tag)}, one
+    per image an entry point of the registry (code/phase0/workshop/entry_points.py) names."""
     sys.path.insert(0, str(ROOT / "code" / "phase0"))
+    from workshop import images
     from workshop.entry_points import ENTRY_POINTS
 
     return {f"training-{e.framework_version}-{e.py_version}":
             (e.framework_version, e.py_version, e.py_version[2] + "." + e.py_version[3:],
-             HOROVOD.get(e.framework_version)) for e in ENTRY_POINTS}
+             HOROVOD.get(e.framework_version),
+             images.uri(e.image_tags[1], REGION) if e.image_tags
+             else image_uri(e.framework_version, e.py_version)) for e in ENTRY_POINTS}
 
 
-# {name: (TF version, the training stand-in it is built on)}: same Python and TensorFlow.
-INFERENCE_IMAGES = {"inference-2.19": ("2.19", "training-2.19-py312")}
-IMAGES = {**training_images(), **INFERENCE_IMAGES}
-STANDIN = ROOT / "code" / "phase0" / "workshop" / "tfs_standin.py"
+def inference_images():
+    """{name: (pyenv minor version, tag)}: TF Serving 2.20, the supported inference image."""
+    from workshop import images
+
+    return {"inference-2.20": ("3.12", images.uri(images.SERVING_2_20_CPU, REGION))}
 
 
 def image_uri(framework_version, py_version):
-    """The tag the SDK resolves for a CPU local-mode job: exactly what the notebooks pull."""
+    """The tag the SDK resolves for a CPU local-mode job of an image it knows (2.11, 2.12)."""
     os.environ.setdefault("SAGEMAKER_SUPPRESS_V2_WARNING", "1")
     from sagemaker import image_uris
 
@@ -67,13 +72,9 @@ def image_uri(framework_version, py_version):
                                image_scope="training")
 
 
-def inference_image_uri(framework_version):
-    """The tag the SDK resolves for a CPU local-mode endpoint or transform job."""
-    os.environ.setdefault("SAGEMAKER_SUPPRESS_V2_WARNING", "1")
-    from sagemaker import image_uris
-
-    return image_uris.retrieve("tensorflow", region=REGION, version=framework_version,
-                               instance_type="local", image_scope="inference")
+IMAGES = training_images()
+INFERENCE_IMAGES = inference_images()
+STANDIN = ROOT / "code" / "phase0" / "workshop" / "tfs_standin.py"
 
 
 def run(command, **kwargs):
@@ -148,16 +149,13 @@ def make_context(name, python, horovod):
 
 
 def build_inference(name, base_id):
-    """The TF Serving stand-in image, on its training stand-in (build_order puts it first)."""
-    framework_version, training = INFERENCE_IMAGES[name]
-    training_tag = image_uri(*IMAGES[training][:2])
-    training_id = docker_output("image", "inspect", "--format", "{{.Id}}", training_tag)
-    tag = inference_image_uri(framework_version)
-    python = find_python(IMAGES[training][2])
+    """The TF Serving stand-in image: the Debian base, its Python, TensorFlow and the stand-in."""
+    minor, tag = INFERENCE_IMAGES[name]
+    python = find_python(minor)
     requirements = HERE / f"{name}.txt"
     digest = hashlib.sha256()
     for part in ((HERE / "Dockerfile.inference").read_bytes(), requirements.read_bytes(),
-                 STANDIN.read_bytes(), python.name.encode(), training_id.encode()):
+                 STANDIN.read_bytes(), python.name.encode(), base_id.encode()):
         digest.update(part)
     wanted = digest.hexdigest()[:16]
     have = docker_output("image", "inspect", "--format",
@@ -174,9 +172,11 @@ def build_inference(name, base_id):
         shutil.copy(HERE / "Dockerfile.inference", context / "Dockerfile")
         shutil.copy(requirements, context / "requirements.txt")
         shutil.copy(STANDIN, context / "tfs_standin.py")
+        shutil.copytree(python, context / "python", symlinks=True,
+                        ignore=shutil.ignore_patterns("_sandboxing_*", "__pycache__"))
         run(["docker", "build", "--network", "host", "--tag", tag,
              "--label", f"{FINGERPRINT_LABEL}={wanted}",
-             "--build-arg", f"BASE_IMAGE={training_tag}", context])
+             "--build-arg", f"PYENV_VERSION={python.name}", context])
     finally:
         shutil.rmtree(context, ignore_errors=True)
     return tag, time.monotonic() - started, "built"
@@ -185,8 +185,7 @@ def build_inference(name, base_id):
 def build(name, base_id):
     if name in INFERENCE_IMAGES:
         return build_inference(name, base_id)
-    framework_version, py_version, minor, horovod = IMAGES[name]
-    tag = image_uri(framework_version, py_version)
+    framework_version, py_version, minor, horovod, tag = IMAGES[name]
     python = find_python(minor)
     wanted = fingerprint(name, python, horovod, base_id)
     have = docker_output("image", "inspect", "--format",
@@ -206,15 +205,14 @@ def build(name, base_id):
 
 
 def build_order(names):
-    """Training images first, and each inference image's training stand-in with them, so that
-    every image's own build time is what its row says."""
-    wanted = set(names) | {INFERENCE_IMAGES[n][1] for n in names if n in INFERENCE_IMAGES}
-    return sorted(wanted, key=lambda n: (n in INFERENCE_IMAGES, n))
+    """Training images first, then the inference image."""
+    return sorted(names, key=lambda n: (n in INFERENCE_IMAGES, n))
 
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--only", nargs="*", choices=sorted(IMAGES), default=sorted(IMAGES))
+    names = sorted({**IMAGES, **INFERENCE_IMAGES})
+    parser.add_argument("--only", nargs="*", choices=names, default=names)
     args = parser.parse_args(argv)
     started = time.monotonic()
     base_id = ensure_base()

@@ -113,17 +113,19 @@ def probe_estimator(sdk_offline):
     """Factory: a real TensorFlow estimator for probe.py, built offline as process mode builds it.
 
     ``probe_estimator(hyperparameters=None, distribution=None, instance_count=1,
-    framework_version="2.19", py_version="py312", sagemaker_session=None, **kwargs)``;
+    framework_version="2.21", py_version="py312", sagemaker_session=None, **kwargs)``;
     sagemaker_session=jobs.session_for("local") runs it in SDK local mode instead.
     """
     from sagemaker.tensorflow import TensorFlow
 
-    from workshop import jobs
+    from workshop import images, jobs
 
     session = jobs.session_for("process")
 
-    def make(hyperparameters=None, distribution=None, instance_count=1, framework_version="2.19",
+    def make(hyperparameters=None, distribution=None, instance_count=1, framework_version="2.21",
              py_version="py312", sagemaker_session=None, **kwargs):
+        if framework_version == "2.21":  # the supported image, which the SDK does not resolve
+            kwargs.setdefault("image_uri", images.uri(images.TRAINING_2_21_CPU))
         return TensorFlow(
             entry_point="probe.py", source_dir=str(PROBE_DIR), role=jobs.OFFLINE_ROLE,
             framework_version=framework_version, py_version=py_version, instance_type="local",

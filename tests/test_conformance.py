@@ -12,7 +12,7 @@ SM_STUDIO_LOCAL_MODE=true (else it waits up to 15 min for algo-N to resolve); it
 sagemaker_program / sagemaker_submit_directory from hyperparameters.json and, finding the code
 folder non-empty, runs `python -- probe.py <args>` from <base>/code.
 
-The last test compares with the toolkit inside the 2.19 stand-in image, through the SDK's local
+The last test compares with the toolkit inside the 2.21 stand-in image, through the SDK's local
 mode (Docker; `make test` builds the image).
 
 Not compared here: the MPI launch (the toolkit's MPI runner needs sshd and /opt/ml on every host);
@@ -199,7 +199,7 @@ def in_image_record(estimator):
 
 
 def test_process_mode_matches_the_toolkit_inside_the_image(probe_estimator, channels, tmp_path):
-    """The probe through the SDK's local mode in the 2.19 stand-in image, where the image's own
+    """The probe through the SDK's local mode in the 2.21 stand-in image, where the image's own
     entry command and toolkit start it, as on SageMaker."""
     job_name = "conformance-in-image"
     job = run_process_job(probe_estimator(HYPERPARAMETERS), channels, job_name=job_name,

@@ -17,12 +17,13 @@ import numpy as np
 import pytest
 from aws_fixtures import sdk_offline  # noqa: F401  (telemetry off: nothing leaves the machine)
 
-from workshop import PHASE0_DIR, RUNS_DIR, SRC_DIR, dataset, inference, jobs, run_notebooks
+from workshop import PHASE0_DIR, RUNS_DIR, SRC_DIR, dataset, images, inference, jobs, run_notebooks
 from workshop.entry_points import ENTRY_POINTS
+from workshop.images import SERVING_2_20_CPU, TRAINING_2_21_CPU
 
-IMAGES = {  # the ECR URI the SDK resolves -> what the real image carries (platform-facts.md)
-    "tensorflow-training:2.19-cpu-py312": {"python": "3.12", "tensorflow": "2.19.0",
-                                           "keras": "3.10.0", "horovod": None},
+IMAGES = {  # the image's ECR URI -> what the real image carries (platform-facts.md)
+    TRAINING_2_21_CPU: {"python": "3.12", "tensorflow": "2.21.0", "keras": "3.15.1",
+                        "horovod": None},
     "tensorflow-training:2.12-cpu-py310": {"python": "3.10", "tensorflow": "2.12.0",
                                            "keras": "2.12.0", "horovod": "0.27.0"},
     "tensorflow-training:2.11-cpu-py39": {"python": "3.9", "tensorflow": "2.11.0",
@@ -109,10 +110,10 @@ def check_ranks(text, count):
     assert len({line[4] for line in lines}) == 1, f"ranks disagree: {lines}"
 
 
-def test_1_2_keras_script_mode_in_the_2_19_image(sdk_offline, tmp_path, cifar_data_dir):  # noqa: F811
+def test_1_2_keras_script_mode_in_the_2_21_image(sdk_offline, tmp_path, cifar_data_dir):  # noqa: F811
     result, text = run_notebook(tmp_path, "1.2", DATA_DIR=str(cifar_data_dir))
     metrics = check_job(result, text, cifar_data_dir, workers=1)
-    assert metrics["tensorflow"] == "2.19.0" and metrics["keras"].startswith("3.")
+    assert metrics["tensorflow"] == "2.21.0" and metrics["keras"].startswith("3.")
 
 
 def test_1_5_horovod_over_two_containers_in_the_2_12_image(sdk_offline, tmp_path,  # noqa: F811
@@ -123,7 +124,7 @@ def test_1_5_horovod_over_two_containers_in_the_2_12_image(sdk_offline, tmp_path
     check_ranks(text, 2)
 
 
-def test_3_2_mwms_over_two_containers_in_the_2_19_image(sdk_offline, tmp_path,  # noqa: F811
+def test_3_2_mwms_over_two_containers_in_the_2_21_image(sdk_offline, tmp_path,  # noqa: F811
                                                         cifar_data_dir):
     result, text = run_notebook(tmp_path, "3.2", DATA_DIR=str(cifar_data_dir), INSTANCE_COUNT=2)
     check_job(result, text, cifar_data_dir, workers=2)
@@ -164,7 +165,7 @@ def test_mwms_with_two_replicas_per_worker_keeps_batch_norm_finite(cifar_data_di
     share evenly (1,024 records / 36 = 29 batches): no replica may get an empty batch. Before
     the fix the second epoch logged `loss: nan` and the model predicted one class."""
     harness = PHASE0_DIR.parent.parent / "tests" / "two_replica_worker"
-    done = run_in_image("tensorflow-training:2.19-cpu-py312", "train_tf_mwms.py", cifar_data_dir,
+    done = run_in_image(TRAINING_2_21_CPU, "train_tf_mwms.py", cifar_data_dir,
                         tmp_path, "--epochs", "3", "--batch-size", "36",
                         "--learning-rate", "0.02", harness=harness)
     assert done.returncode == 0, done.stderr[-3000:]
@@ -177,19 +178,18 @@ def test_mwms_with_two_replicas_per_worker_keeps_batch_norm_finite(cifar_data_di
 
 
 
-INFERENCE_IMAGE = REGISTRY + "tensorflow-inference:2.19-cpu"
+INFERENCE_IMAGE = REGISTRY + SERVING_2_20_CPU
 
 
-def test_inference_stand_in_is_the_uri_the_sdk_resolves_with_the_real_versions():
-    from sagemaker import image_uris
-
-    assert image_uris.retrieve("tensorflow", region="us-east-1", version="2.19",
-                               instance_type="local", image_scope="inference") == INFERENCE_IMAGE
+def test_inference_stand_in_is_the_uri_4_1_names_with_the_real_versions():
+    assert images.uri(SERVING_2_20_CPU, "us-east-1") == INFERENCE_IMAGE
+    assert SERVING_2_20_CPU in "".join(cell.source for cell in nbformat.read(
+        next(p for p in run_notebooks.notebooks() if p.name.startswith("4.1.")), 4).cells)
     out = subprocess.run(["docker", "run", "--rm", "--network", "none", INFERENCE_IMAGE,
                           "python", "-c", VERSIONS], capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stderr[-2000:]
     found = json.loads(out.stdout.strip().splitlines()[-1])
-    assert (found["python"], found["tensorflow"]) == ("3.12", "2.19.0")
+    assert (found["python"], found["tensorflow"]) == ("3.12", "2.20.0")
     serve = subprocess.run(["docker", "run", "--rm", "--network", "none", INFERENCE_IMAGE,
                             "bash", "-c", "command -v serve && echo $SAGEMAKER_BIND_TO_PORT"],
                            capture_output=True, text=True, timeout=300)
@@ -221,7 +221,7 @@ def test_4_1_deploys_and_transforms_in_the_inference_image(sdk_offline, tmp_path
                                            "BATCH_SIZE": 100}, output_dir=tmp_path)
     assert outcome["ok"], f"{path.name}: {outcome['error']}"
     result = outcome["result"]
-    # Same SavedModel, same 256 eval images, TF 2.19 in the container: the job's own accuracy.
+    # Same SavedModel, same 256 eval images, TF 2.20 in the container: the job's own accuracy.
     assert result["accuracy"] == pytest.approx(trained["eval_accuracy"], abs=1e-9)
     assert result["transform_accuracy"] == result["accuracy"]
     assert result["mode"] == "local" and result["requests"] == 3  # 256 images, 100 a request
@@ -230,7 +230,7 @@ def test_4_1_deploys_and_transforms_in_the_inference_image(sdk_offline, tmp_path
     assert [p.name for p in outputs] == ["eval.jsonl.out"]
     replies = [json.loads(line) for line in outputs[0].read_text().splitlines()]
     assert len(replies) == 3  # one reply per input line
-    # Image by image, TF 2.19 in the container gives what the signature gives in this kernel.
+    # Image by image, TF 2.20 in the container gives what the signature gives in this kernel.
     served = [row for reply in replies for row in reply["predictions"]]
     signature = inference.load_signature(trained["model_artifact"])
     images, _ = dataset.read_examples(cifar_data_dir, "eval", count=None)

@@ -17,7 +17,7 @@ import pytest
 from aws_fixtures import *  # noqa: F401,F403 - moto_server, sdk_offline
 from notebook_cells import run_up_to_estimator
 
-from workshop import PHASE0_DIR, SRC_DIR, compare_runs, dataset, jobs
+from workshop import PHASE0_DIR, SRC_DIR, compare_runs, dataset, images, instances, jobs
 from workshop.entry_points import ENTRY_POINTS
 
 BUCKET = "workshop-requests-test"
@@ -65,8 +65,13 @@ def submit(s3_channels, script="train_keras.py", sent=None, estimator=None, **kw
 
 
 def image_for(version, py_version, instance_type):
+    """The image a job of that TF version should name: the SDK's own for the versions it knows;
+    for 2.21, which it does not, AWS's tag (GPU build on a GPU type) in the region's registry."""
     from sagemaker import image_uris
 
+    if version == "2.21":
+        gpu = instances.gpus(instance_type, REGION) > 0
+        return images.uri(images.TRAINING_2_21_GPU if gpu else images.TRAINING_2_21_CPU, REGION)
     return image_uris.retrieve("tensorflow", region=REGION, version=version,
                                py_version=py_version, instance_type=instance_type,
                                image_scope="training")
@@ -81,9 +86,10 @@ def test_host_job_request(s3_channels):
     sent = {}
     job = submit(s3_channels, sent=sent, use_spot=True, max_run=3600)
 
-    assert job["AlgorithmSpecification"]["TrainingImage"] == \
-        image_for("2.19", "py312", "ml.p3.2xlarge")
-    assert job["ResourceConfig"]["InstanceType"] == "ml.p3.2xlarge"
+    assert job["AlgorithmSpecification"]["TrainingImage"] == (
+        "763104351884.dkr.ecr.us-east-1.amazonaws.com/"
+        "tensorflow-training:2.21-gpu-py312-cu129-amzn2023-sagemaker-v1")  # the default: a GPU
+    assert job["ResourceConfig"]["InstanceType"] == "ml.g5.xlarge"
     assert job["ResourceConfig"]["InstanceCount"] == 1
     assert job["RoleArn"] == ROLE
     hps = job["HyperParameters"]
@@ -112,7 +118,7 @@ def test_mpi_request(s3_channels):
 
     hps = job["HyperParameters"]
     assert job["AlgorithmSpecification"]["TrainingImage"] == \
-        image_for("2.12", "py310", "ml.p3.2xlarge")
+        image_for("2.12", "py310", "ml.g5.xlarge")
     assert job["ResourceConfig"]["InstanceCount"] == 2
     assert hps["sagemaker_mpi_enabled"] == "true"
     assert hps["sagemaker_mpi_num_of_processes_per_host"] == "4"
@@ -121,14 +127,14 @@ def test_mpi_request(s3_channels):
 
 def test_smdistributed_dataparallel_request(s3_channels):
     job = submit(s3_channels, "train_tf_ddp.py", instance_count=2,
-                 instance_type="ml.p3.16xlarge")
+                 instance_type="ml.p4d.24xlarge")
 
     hps = job["HyperParameters"]
     assert job["AlgorithmSpecification"]["TrainingImage"] == \
-        image_for("2.11", "py39", "ml.p3.16xlarge")
-    assert job["ResourceConfig"]["InstanceType"] == "ml.p3.16xlarge"
+        image_for("2.11", "py39", "ml.p4d.24xlarge")
+    assert job["ResourceConfig"]["InstanceType"] == "ml.p4d.24xlarge"
     assert hps["sagemaker_distributed_dataparallel_enabled"] == "true"
-    assert hps["sagemaker_instance_type"] == '"ml.p3.16xlarge"'
+    assert hps["sagemaker_instance_type"] == '"ml.p4d.24xlarge"'
 
 
 def test_multi_worker_mirrored_strategy_request(s3_channels):
@@ -144,7 +150,7 @@ def test_smdistributed_refuses_tf_2_12_with_the_sdks_message(moto_server):
     with pytest.raises(ValueError, match="not supported by smdataparallel"):
         TensorFlow(entry_point="train_tf_ddp.py", source_dir=str(SRC_DIR),
                    framework_version="2.12", py_version="py310",
-                   instance_type="ml.p3.16xlarge", instance_count=2, role=ROLE,
+                   instance_type="ml.p4d.24xlarge", instance_count=2, role=ROLE,
                    sagemaker_session=jobs.session_for("host", BUCKET),
                    distribution={"smdistributed": {"dataparallel": {"enabled": True}}})
 
@@ -184,7 +190,7 @@ def test_local_mode_without_docker_says_what_is_missing(monkeypatch, tmp_path):
 
 
 @pytest.mark.parametrize("helper, arguments", [
-    (jobs.session_for, ()), (jobs.instance_type_for, ("ml.p3.2xlarge",)),
+    (jobs.session_for, ()), (jobs.instance_type_for, ("ml.g5.xlarge",)),
     (jobs.output_path_for, ("",)), (jobs.spot_for, (True,))])
 def test_unknown_mode_is_refused(helper, arguments):
     with pytest.raises(ValueError, match="MODE must be one of"):
@@ -296,7 +302,7 @@ def test_host_result_is_collected_recorded_and_costed(s3_channels, tmp_path):
     what a spot job that trained 1000 s and was billed 300 s would report.
     """
     estimator = jobs.workshop_estimator("host", "train_tf_ddp.py", HYPERPARAMETERS,
-                                        instance_type="ml.p3.16xlarge", instance_count=2,
+                                        instance_type="ml.p4d.24xlarge", instance_count=2,
                                         role_arn=ROLE, bucket=BUCKET, use_spot=True)
     client = estimator.sagemaker_session.sagemaker_client
     client.meta.events.register(
@@ -317,14 +323,15 @@ def test_host_result_is_collected_recorded_and_costed(s3_channels, tmp_path):
     assert result.mode == "host" and result.model_artifact == job_dir / "model.tar.gz"
     assert result.model_artifact.exists() and result.output_dir == job_dir / "output"
     assert result.metrics == metrics and result.history == metrics["history"]
-    assert (result.instance_type, result.instance_count, result.spot) == ("ml.p3.16xlarge", 2, True)
+    assert (result.instance_type, result.instance_count, result.spot) == (
+        "ml.p4d.24xlarge", 2, True)
     assert (result.training_seconds, result.billable_seconds) == (1000, 300)
 
     jobs.save_result("3.1", result, runs_dir=tmp_path)
     (record,) = compare_runs.load_runs(tmp_path)
     assert record["notebook"] == "3.1" and record["job_name"] == result.job_name
     prices = {"read_on": "2026-11-30", "source": "test", "region": REGION,
-              "usd_per_instance_hour": {"ml.p3.16xlarge": 36.0}}
+              "usd_per_instance_hour": {"ml.p4d.24xlarge": 36.0}}
     # 1000 s x 2 instances x $36/h = $20 on demand; billed 300 s x 2 x $36/h = $6
     assert compare_runs.cost_estimate(record, prices) == {"on_demand_usd": 20.0, "billed_usd": 6.0}
     assert compare_runs.table([record], prices).iloc[0]["billed_usd"] == 6.0
@@ -334,7 +341,7 @@ def test_host_result_is_collected_recorded_and_costed(s3_channels, tmp_path):
 
 def test_a_price_table_needs_its_date_and_source(tmp_path):
     path = tmp_path / "prices.json"
-    path.write_text(json.dumps({"usd_per_instance_hour": {"ml.p3.2xlarge": 1.0}}))
+    path.write_text(json.dumps({"usd_per_instance_hour": {"ml.g5.xlarge": 1.0}}))
     with pytest.raises(ValueError, match="read_on.*region.*source"):
         compare_runs.load_prices(path)
     shipped = compare_runs.load_prices()

@@ -280,6 +280,6 @@ def test_6_0_runs_the_jobs_with_v3_in_local_mode(v2_local_1_2, cifar_data_dir, t
     assert result["deployed_accuracy"] is None  # no local endpoint for v3's resources
     assert re.search(r"^v3: .*sagemaker\.tensorflow", text, re.M)  # the import fails
     assert "v3's distributions: ['MPI', 'Torchrun']" in text  # no MWMS, no smdistributed
-    assert "tensorflow-training:2.19-gpu-py312" in text  # image_uris for "local_cpu"
+    assert "tensorflow-training:2.12-gpu-py310" in text  # image_uris for "local_cpu"
     assert "only supported for mlflow models" in text
     print(f"v2 1.2 local: {result['v2']['wall_seconds']} s, v3: {v3['wall_seconds']} s")

@@ -13,7 +13,8 @@ from conftest import BUCKET, ROLE, run_cells
 
 from workshop import PHASE0_DIR, jobs
 
-IMAGE_2_19_GPU = "763104351884.dkr.ecr.us-east-1.amazonaws.com/tensorflow-training:2.19-gpu-py312"
+REGISTRY = "763104351884.dkr.ecr.us-east-1.amazonaws.com/"
+IMAGE_2_21_GPU = REGISTRY + "tensorflow-training:2.21-gpu-py312-cu129-amzn2023-sagemaker-v1"
 IMAGE_2_12_GPU = "763104351884.dkr.ecr.us-east-1.amazonaws.com/tensorflow-training:2.12-gpu-py310"
 SM_DRIVERS = "/opt/ml/input/data/sm_drivers"
 HOST = {"MODE": "host", "ROLE_ARN": ROLE, "S3_BUCKET": BUCKET, "USE_SPOT": True,
@@ -63,7 +64,7 @@ def test_1_2_job_request(notebook, host_data_dir):
     request = submit(notebook, "trainer")
 
     spec = request["AlgorithmSpecification"]
-    assert spec["TrainingImage"] == IMAGE_2_19_GPU  # INSTANCE_TYPE ml.p3.2xlarge
+    assert spec["TrainingImage"] == IMAGE_2_21_GPU  # INSTANCE_TYPE ml.g5.xlarge: one GPU
     assert spec["ContainerEntrypoint"] == ["/bin/bash"]
     assert spec["ContainerArguments"] == [
         "-c", f"chmod +x {SM_DRIVERS}/sm_train.sh && {SM_DRIVERS}/sm_train.sh"]
@@ -71,7 +72,7 @@ def test_1_2_job_request(notebook, host_data_dir):
     # the user's hyperparameters only, json.dumps'ed (strings would go as they are)
     assert request["HyperParameters"] == {"epochs": "20", "batch-size": "128",
                                           "learning-rate": "0.05"}
-    assert request["ResourceConfig"]["InstanceType"] == "ml.p3.2xlarge"
+    assert request["ResourceConfig"]["InstanceType"] == "ml.g5.xlarge"
     assert request["ResourceConfig"]["InstanceCount"] == 1
     assert request["EnableManagedSpotTraining"] is True
     assert request["StoppingCondition"] == {"MaxRuntimeInSeconds": 3600,
@@ -135,8 +136,8 @@ def test_deploy_requests(notebook, moto_server, monkeypatch):
     name = sent["CreateModel"]["ModelName"]
     assert name.startswith("cifar10-v3-")
     container = sent["CreateModel"]["PrimaryContainer"]
-    assert container["Image"] == \
-        "763104351884.dkr.ecr.us-east-1.amazonaws.com/tensorflow-inference:2.19-cpu"
+    assert container["Image"] == (
+        REGISTRY + "tensorflow-inference:2.20-cpu-py312-amzn2023-sagemaker-v1")
     assert container["ModelDataUrl"] == notebook["trainer"]._latest_training_job.model_artifacts \
         .s3_model_artifacts
     assert sent["CreateModel"]["ExecutionRoleArn"] == ROLE

@@ -40,6 +40,9 @@ model.compile(optimizer=optimizer, loss=cnn.loss_fn(args.label_smoothing),
 checkpoints = EpochCheckpoints(args.checkpoint_dir, model, optimizer)
 epochs_done, history = checkpoints.restore()
 log = TrainingLog(args.output_data_dir, args.epochs, history)
+# SageMaker: the platform does not pass SIGTERM on to this script: at max_run (or a spot
+# reclaim) the container is killed and SM_MODEL_DIR uploaded as it is. Keep a recent model there.
+exports = serving.PeriodicExport(model, args.sm_model_dir)
 if epochs_done:
     log.say(f"resuming from checkpoint: epochs 1-{epochs_done} done")
 
@@ -52,6 +55,7 @@ def end_of_epoch(epoch, logs):
     log.epoch(epoch + 1, logs["loss"], logs["accuracy"], logs["val_loss"], logs["val_accuracy"],
               optimizer.learning_rate, timer.seconds(), train_records)
     checkpoints.save(epoch + 1, log.history)
+    exports.after_epoch(epoch + 1)
 
 
 epoch_end = tf.keras.callbacks.LambdaCallback(on_epoch_end=end_of_epoch)
@@ -62,5 +66,5 @@ model.fit(train, epochs=args.epochs, initial_epoch=epochs_done, validation_data=
 eval_loss, eval_accuracy = (None, None) if sigterm.stop else model.evaluate(
     evaluation, verbose=0)
 # SageMaker: everything in SM_MODEL_DIR becomes model.tar.gz; TF Serving loads <dir>/1/.
-serving.save_for_serving(model, args.sm_model_dir)
+serving.save_for_serving(model, args.sm_model_dir, epoch=len(log.history))
 log.finish(eval_loss, eval_accuracy, stopped=sigterm.stop)

@@ -69,6 +69,9 @@ for variable in model.variables + optimizer_state:  # Horovod: weights and optim
     variable.assign(hvd.broadcast(variable, root_rank=0))  # Horovod:
 log = TrainingLog(args.output_data_dir, args.epochs, history,  # Horovod: rank 0 prints, writes
                   chief=chief, workers=hvd.size())  # Horovod:
+# SageMaker: the platform does not pass SIGTERM on to this script: at max_run (or a spot
+# reclaim) the container is killed and SM_MODEL_DIR uploaded as it is. Keep a recent model there.
+exports = serving.PeriodicExport(model, args.sm_model_dir, chief=chief)  # Horovod: rank 0
 if epochs_done:
     log.say(f"resuming from checkpoint: epochs 1-{epochs_done} done")
 
@@ -82,6 +85,7 @@ def end_of_epoch(epoch, logs):
               cnn.current_learning_rate(optimizer), timer.seconds(),  # Horovod: legacy too
               shard_records * hvd.size())  # Horovod: images of all ranks
     checkpoints.save(epoch + 1, log.history)
+    exports.after_epoch(epoch + 1)
 
 
 epoch_end = tf.keras.callbacks.LambdaCallback(on_epoch_end=end_of_epoch)
@@ -98,7 +102,7 @@ eval_loss, eval_accuracy = (None, None) if sigterm.stop else model.evaluate(
     evaluation, verbose=0)
 # SageMaker: everything in SM_MODEL_DIR becomes model.tar.gz; TF Serving loads <dir>/1/.
 if chief:  # Horovod: one model, from rank 0
-    serving.save_for_serving(model, args.sm_model_dir)  # Horovod: (indented)
+    serving.save_for_serving(model, args.sm_model_dir, epoch=len(log.history))  # Horovod:
 log.finish(eval_loss, eval_accuracy, stopped=sigterm.stop,  # Horovod: and the scaled lr
            peak_learning_rate=peak_lr)  # Horovod:
 # Horovod: every rank reports; equal weight fingerprints mean the ranks really are in sync.

@@ -79,6 +79,9 @@ def run_epoch(dataset, step, sigterm=None):
 checkpoints = EpochCheckpoints(args.checkpoint_dir, model, optimizer)
 epochs_done, history = checkpoints.restore()
 log = TrainingLog(args.output_data_dir, args.epochs, history)
+# SageMaker: the platform does not pass SIGTERM on to this script: at max_run (or a spot
+# reclaim) the container is killed and SM_MODEL_DIR uploaded as it is. Keep a recent model there.
+exports = serving.PeriodicExport(model, args.sm_model_dir)
 if epochs_done:
     log.say(f"resuming from checkpoint: epochs 1-{epochs_done} done")
 
@@ -92,10 +95,11 @@ for epoch in range(epochs_done + 1, args.epochs + 1):
     log.epoch(epoch, train_loss, train_accuracy, val_loss, val_accuracy,
               optimizer.learning_rate, seconds, train_records)
     checkpoints.save(epoch, log.history)
+    exports.after_epoch(epoch)
 
 # SageMaker: after a SIGTERM (max_run, spot) the window is short: no eval, save, exit 0.
 eval_loss, eval_accuracy = (None, None) if sigterm.stop else run_epoch(evaluation,
                                                                        test_step)
 # SageMaker: everything in SM_MODEL_DIR becomes model.tar.gz; TF Serving loads <dir>/1/.
-serving.save_for_serving(model, args.sm_model_dir)
+serving.save_for_serving(model, args.sm_model_dir, epoch=len(log.history))
 log.finish(eval_loss, eval_accuracy, stopped=sigterm.stop)

@@ -4,8 +4,8 @@ train_tf.py plus SageMaker's distributed data parallel library, ``smdistributed.
 (SMDDP): one process per GPU, each training on its own shard of the data; its
 DistributedGradientTape averages the gradients, so all processes keep identical weights. Every
 line that differs from train_tf.py is marked ``# SMDDP:``. SageMaker starts the processes with
-``distribution={"smdistributed": {"dataparallel": {"enabled": True}}}`` on ml.p3.16xlarge,
-ml.p3dn.24xlarge or ml.p4d(e).24xlarge, TF <= 2.11 only.
+``distribution={"smdistributed": {"dataparallel": {"enabled": True}}}`` on the instance types
+the SDK lists for SMDDP (with P3 retired: ml.p4d.24xlarge and ml.p4de.24xlarge), TF <= 2.11.
 
 SMDDP exists only inside those SageMaker images. Anywhere else this script runs on Horovod,
 whose API SMDDP copies: it uses only calls both libraries have (init, size, rank, local_rank,
@@ -117,6 +117,9 @@ optimizer_state = cnn.build_optimizer_state(optimizer, model.trainable_variables
 sdp.broadcast_variables(model.variables + optimizer_state, root_rank=0)  # SMDDP:
 log = TrainingLog(args.output_data_dir, args.epochs, history,  # SMDDP: rank 0 prints, writes
                   chief=chief, workers=sdp.size())  # SMDDP:
+# SageMaker: the platform does not pass SIGTERM on to this script: at max_run (or a spot
+# reclaim) the container is killed and SM_MODEL_DIR uploaded as it is. Keep a recent model there.
+exports = serving.PeriodicExport(model, args.sm_model_dir, chief=chief)  # SMDDP: rank 0
 if epochs_done:
     log.say(f"resuming from checkpoint: epochs 1-{epochs_done} done")
 
@@ -131,13 +134,14 @@ for epoch in range(epochs_done + 1, args.epochs + 1):
     log.epoch(epoch, train_loss, train_accuracy, val_loss, val_accuracy,
               optimizer.learning_rate, seconds, shard_records * sdp.size())  # SMDDP: all ranks
     checkpoints.save(epoch, log.history)
+    exports.after_epoch(epoch)
 
 # SageMaker: after a SIGTERM (max_run, spot) the window is short: no eval, save, exit 0.
 eval_loss, eval_accuracy = (None, None) if sigterm.stop else run_epoch(evaluation,
                                                                        test_step)
 # SageMaker: everything in SM_MODEL_DIR becomes model.tar.gz; TF Serving loads <dir>/1/.
 if chief:  # SMDDP: one model, from rank 0
-    serving.save_for_serving(model, args.sm_model_dir)  # SMDDP: (indented)
+    serving.save_for_serving(model, args.sm_model_dir, epoch=len(log.history))  # SMDDP:
 log.finish(eval_loss, eval_accuracy, stopped=sigterm.stop,  # SMDDP: and the scaled lr
            peak_learning_rate=peak_lr)  # SMDDP:
 # SMDDP: every rank reports; equal weight fingerprints mean the ranks really are in sync.

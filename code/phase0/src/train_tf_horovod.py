@@ -103,6 +103,9 @@ optimizer_state = cnn.build_optimizer_state(optimizer, model.trainable_variables
 hvd.broadcast_variables(model.variables + optimizer_state, root_rank=0)  # Horovod:
 log = TrainingLog(args.output_data_dir, args.epochs, history,  # Horovod: rank 0 prints, writes
                   chief=chief, workers=hvd.size())  # Horovod:
+# SageMaker: the platform does not pass SIGTERM on to this script: at max_run (or a spot
+# reclaim) the container is killed and SM_MODEL_DIR uploaded as it is. Keep a recent model there.
+exports = serving.PeriodicExport(model, args.sm_model_dir, chief=chief)  # Horovod: rank 0
 if epochs_done:
     log.say(f"resuming from checkpoint: epochs 1-{epochs_done} done")
 
@@ -117,13 +120,14 @@ for epoch in range(epochs_done + 1, args.epochs + 1):
     log.epoch(epoch, train_loss, train_accuracy, val_loss, val_accuracy,
               optimizer.learning_rate, seconds, shard_records * hvd.size())  # Horovod: all ranks
     checkpoints.save(epoch, log.history)
+    exports.after_epoch(epoch)
 
 # SageMaker: after a SIGTERM (max_run, spot) the window is short: no eval, save, exit 0.
 eval_loss, eval_accuracy = (None, None) if sigterm.stop else run_epoch(evaluation,
                                                                        test_step)
 # SageMaker: everything in SM_MODEL_DIR becomes model.tar.gz; TF Serving loads <dir>/1/.
 if chief:  # Horovod: one model, from rank 0
-    serving.save_for_serving(model, args.sm_model_dir)  # Horovod: (indented)
+    serving.save_for_serving(model, args.sm_model_dir, epoch=len(log.history))  # Horovod:
 log.finish(eval_loss, eval_accuracy, stopped=sigterm.stop,  # Horovod: and the scaled lr
            peak_learning_rate=peak_lr)  # Horovod:
 # Horovod: every rank reports; equal weight fingerprints mean the ranks really are in sync.

@@ -124,6 +124,11 @@ checkpoints = EpochCheckpoints(distributed.worker_dir(args.checkpoint_dir, chief
                                model, optimizer)  # MWMS:
 log = TrainingLog(args.output_data_dir, args.epochs, history,  # MWMS: the chief prints, writes
                   chief=chief, workers=replicas)  # MWMS:
+# SageMaker: the platform does not pass SIGTERM on to this script: at max_run (or a spot
+# reclaim) the container is killed and SM_MODEL_DIR uploaded as it is. Keep a recent model there.
+# MWMS: every worker joins each export (it reads synchronised variables), at the chief's pace.
+exports = serving.PeriodicExport(model, distributed.worker_dir(args.sm_model_dir, chief),  # MWMS:
+                                 chief=chief, agree=mwms_agreement(strategy))  # MWMS:
 if epochs_done:
     log.say(f"resuming from checkpoint: epochs 1-{epochs_done} done")
 
@@ -139,13 +144,15 @@ for epoch in range(epochs_done + 1, args.epochs + 1):
               tf.convert_to_tensor(optimizer.learning_rate),  # MWMS: mirrored on Keras 2
               seconds, shard_records * workers)  # MWMS: images of all workers
     checkpoints.save(epoch, log.history)
+    exports.after_epoch(epoch)
 
 # SageMaker: after a SIGTERM (max_run, spot) the window is short: no eval, save, exit 0.
 eval_loss, eval_accuracy = (None, None) if sigterm.stop else run_epoch(evaluation,
                                                                        test_step)
 # SageMaker: everything in SM_MODEL_DIR becomes model.tar.gz; TF Serving loads <dir>/1/.
 # MWMS: every worker saves (as with the checkpoints); only the chief's copy is kept.
-serving.save_for_serving(model, distributed.worker_dir(args.sm_model_dir, chief))  # MWMS:
+serving.save_for_serving(model, distributed.worker_dir(args.sm_model_dir, chief),  # MWMS:
+                         epoch=len(log.history))  # MWMS:
 log.finish(eval_loss, eval_accuracy, stopped=sigterm.stop,  # MWMS: and the scaled lr
            peak_learning_rate=peak_lr)  # MWMS:
 # MWMS: every worker reports; equal weight fingerprints mean the replicas really are in sync.

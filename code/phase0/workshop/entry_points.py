@@ -7,6 +7,8 @@ The training notebooks keep their own literal values (they are the lesson, copie
 from dataclasses import dataclass
 from typing import Optional
 
+from .images import TRAINING_2_21_CPU, TRAINING_2_21_GPU
+
 
 @dataclass(frozen=True)
 class EntryPoint:
@@ -17,6 +19,8 @@ class EntryPoint:
     distribution: Optional[str] = None  # top-level key of the Estimator's distribution dict
     sibling: Optional[str] = None    # the single-process script it extends
     marker: Optional[str] = None     # comment tag on every line it adds to the sibling
+    # (gpu, cpu) image tags when the SDK cannot resolve the version itself (TF 2.21)
+    image_tags: Optional[tuple] = None
 
     @property
     def base_job_name(self):
@@ -27,18 +31,22 @@ class EntryPoint:
         return self.distribution is not None
 
 
+# TF 2.21 is the supported training image (2.19 reached end of patch on 2026-03-11); the SDK v2
+# does not know it, so its notebooks pass image_uri.
+SUPPORTED = {"image_tags": (TRAINING_2_21_GPU, TRAINING_2_21_CPU)}
 ENTRY_POINTS = (
-    EntryPoint("train_keras.py", "1.2", "2.19", "py312"),
-    EntryPoint("train_tf.py", "2.1", "2.19", "py312"),
-    # Horovod left SageMaker's TF training images from 2.13 on: 2.12 is the last with it.
+    EntryPoint("train_keras.py", "1.2", "2.21", "py312", **SUPPORTED),
+    EntryPoint("train_tf.py", "2.1", "2.21", "py312", **SUPPORTED),
+    # Horovod left SageMaker's TF training images from 2.13 on: 2.12 is the last with it
+    # (long past end of patch, no successor).
     EntryPoint("train_keras_horovod.py", "1.5", "2.12", "py310", "mpi", "train_keras.py",
                "# Horovod:"),
     EntryPoint("train_tf_horovod.py", "2.2", "2.12", "py310", "mpi", "train_tf.py", "# Horovod:"),
-    # smdistributed.dataparallel supports TF only up to 2.11 (the SDK refuses newer).
+    # smdistributed.dataparallel supports TF only up to 2.11 (the SDK refuses newer; unpatched).
     EntryPoint("train_tf_ddp.py", "3.1", "2.11", "py39", "smdistributed", "train_tf.py",
                "# SMDDP:"),
-    EntryPoint("train_tf_mwms.py", "3.2", "2.19", "py312", "multi_worker_mirrored_strategy",
-               "train_tf.py", "# MWMS:"),
+    EntryPoint("train_tf_mwms.py", "3.2", "2.21", "py312", "multi_worker_mirrored_strategy",
+               "train_tf.py", "# MWMS:", **SUPPORTED),
 )
 
 BY_SCRIPT = {entry.script: entry for entry in ENTRY_POINTS}

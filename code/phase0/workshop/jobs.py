@@ -40,7 +40,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Optional
 
-from . import DEFAULT_DATA_DIR, RUNS_DIR, SRC_DIR, entry_points, resolve
+from . import DEFAULT_DATA_DIR, RUNS_DIR, SRC_DIR, entry_points, images, instances, resolve
 from .dataset import CHANNELS_NAME, SPLITS
 from .files import write_json_atomic
 from .log_format import METRIC_DEFINITIONS  # noqa: F401  (notebooks use jobs.METRIC_DEFINITIONS)
@@ -52,7 +52,7 @@ os.environ.setdefault("SAGEMAKER_SUPPRESS_V2_WARNING", "1")
 logging.getLogger("sagemaker.config").setLevel(logging.WARNING)
 
 MODES = ("process", "local", "host")
-DEFAULT_HOST_INSTANCE = "ml.p3.2xlarge"
+DEFAULT_HOST_INSTANCE = "ml.g5.xlarge"  # one A10G GPU; P3 is retired
 DEFAULT_REGION = "us-east-1"  # process/local only name images with it; nothing is called
 # Never used to call AWS: process and local mode only need the Estimator to have a role.
 OFFLINE_ROLE = "arn:aws:iam::111111111111:role/workshop-offline-no-aws"
@@ -192,19 +192,28 @@ def spot_for(mode, use_spot):
     return bool(use_spot) and check_mode(mode) == "host"
 
 
-# GPUs of the instance types the distributed notebooks suggest: SageMaker runs one process each.
-GPUS_PER_INSTANCE = {"ml.p3.2xlarge": 1, "ml.p3.8xlarge": 4, "ml.p3.16xlarge": 8,
-                     "ml.p3dn.24xlarge": 8, "ml.p4d.24xlarge": 8, "ml.p4de.24xlarge": 8,
-                     "ml.g5.12xlarge": 4, "ml.g5.48xlarge": 8}
+def image_for(instance_type, session, gpu, cpu):
+    """The URI of the ``gpu`` tag for a GPU instance type (or "local_gpu"), else of ``cpu``, in
+    the registry of the session's region: what ``image_uri=`` takes when the SDK cannot name the
+    image itself (SDK v2 knows no TensorFlow image newer than 2.19)."""
+    region = session.boto_region_name
+    if instance_type.startswith("local"):
+        use_gpu = instance_type == "local_gpu"
+    else:
+        use_gpu = instances.gpus(instance_type, region) > 0
+    return images.uri(gpu if use_gpu else cpu, region)
 
 
 def processes_per_host_for(mode, instance_type, processes_per_host=0):
-    """Horovod's processes per host: one per GPU on SageMaker (host mode), one per simulated
-    host in process mode and per CPU container in local mode; a nonzero value wins."""
+    """Horovod's processes per host: one per GPU on SageMaker (host mode; a type whose GPUs
+    nobody knows is an error, see instances.py), one per simulated host in process mode and
+    per CPU container in local mode; a nonzero value wins."""
     check_mode(mode)
     if processes_per_host:
         return int(processes_per_host)
-    return GPUS_PER_INSTANCE.get(instance_type, 1) if mode == "host" else 1
+    if mode != "host":
+        return 1
+    return instances.processes_per_host(instance_type or DEFAULT_HOST_INSTANCE)
 
 
 def workshop_estimator(mode, script, hyperparameters, instance_type=None, instance_count=1,
@@ -218,11 +227,12 @@ def workshop_estimator(mode, script, hyperparameters, instance_type=None, instan
     session = session or session_for(mode, bucket)
     distribution = entry_points.distribution_for(
         entry, processes_per_host_for(mode, instance_type, processes_per_host))
+    instance_type = instance_type_for(mode, instance_type, instance_count)
+    image_uri = image_for(instance_type, session, *entry.image_tags) if entry.image_tags else None
     return TensorFlow(
-        entry_point=entry.script, source_dir=str(SRC_DIR),
+        entry_point=entry.script, source_dir=str(SRC_DIR), image_uri=image_uri,
         framework_version=entry.framework_version, py_version=entry.py_version,
-        instance_type=instance_type_for(mode, instance_type, instance_count),
-        instance_count=instance_count, distribution=distribution,
+        instance_type=instance_type, instance_count=instance_count, distribution=distribution,
         role=role_for(mode, role_arn, session), sagemaker_session=session,
         hyperparameters=dict(hyperparameters), metric_definitions=METRIC_DEFINITIONS,
         checkpoint_s3_uri=(checkpoint_uri_for(mode, session, bucket, entry.base_job_name)

@@ -22,7 +22,7 @@ import sys
 import time
 from pathlib import Path
 
-from . import RUNS_DIR, jobs, resolve
+from . import RUNS_DIR, images, instances, jobs, resolve
 from .jobs import ModeUnavailable
 
 MODES = ("local", "host")
@@ -81,6 +81,14 @@ def role_for(mode, role_arn):
 def instance_type_for(mode, instance_type):
     """host: INSTANCE_TYPE; local: v3's "local_cpu" (multi-container jobs run on CPUs)."""
     return instance_type if mode == "host" else LOCAL_INSTANCE_TYPE
+
+
+def image_for(mode, instance_type, gpu, cpu):
+    """The URI of the ``gpu`` tag on a GPU instance in host mode, else of ``cpu`` (v3's local
+    containers run on CPUs here), in this region's registry: for the images v3's
+    ``image_uris.retrieve`` does not know (TF 2.21 training, TF Serving 2.20)."""
+    use_gpu = mode == "host" and instances.gpus(instance_type, region()) > 0
+    return images.uri(gpu if use_gpu else cpu, region())
 
 
 def image_instance_type(mode, instance_type):
