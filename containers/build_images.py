@@ -218,11 +218,11 @@ def main(argv=None):
     base_id = ensure_base()
     print(f"base image {BASE_TAG}: {time.monotonic() - started:.0f} s")
     rows = [build(name, base_id) for name in build_order(args.only)]
-    print(f"\n{'image':<80} {'seconds':>8} {'size':>8}  state")
+    print(f"\n{'image':<104} {'seconds':>8} {'size':>8}  state")
     for tag, seconds, state in rows:
         size = docker_output("image", "inspect", "--format", "{{.Size}}", tag)
         size_text = f"{int(size) / 1e9:.2f} GB" if size else "?"
-        print(f"{tag:<80} {seconds:>8.0f} {size_text:>8}  {state}")
+        print(f"{tag:<104} {seconds:>8.0f} {size_text:>8}  {state}")
     print(f"total {time.monotonic() - started:.0f} s")
 
 

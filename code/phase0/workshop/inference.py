@@ -1,5 +1,6 @@
 """Load a trained model the way TF Serving would (SavedModel signature) and predict."""
 
+import json
 import os
 import tarfile
 import tempfile
@@ -21,6 +22,17 @@ def unpack_model(artifact, target_dir=None):
     if not versions:
         raise FileNotFoundError(f"no SavedModel version folder (1/) in {artifact}")
     return versions[-1]
+
+
+def exported_epoch(artifact):
+    """The last finished epoch of the model in ``model.tar.gz`` (what the entry point wrote to
+    ``1/assets.extra/export.json`` when it exported it), or None."""
+    try:
+        with tarfile.open(artifact) as tar:
+            with tar.extractfile("1/assets.extra/export.json") as f:
+                return json.load(f).get("epoch")
+    except (KeyError, OSError, tarfile.TarError, ValueError):
+        return None
 
 
 def load_signature(artifact):

@@ -399,12 +399,17 @@ def collect(estimator, mode, job_name, model_tar, output_dir, wall_seconds, logs
 
 def with_status(result, status, reason, last_epoch_logged):
     """``result`` with how the job ended; a Stopped job's last finished epoch comes from its
-    metrics.json (the entry point saved on SIGTERM), else from its last epoch line."""
+    metrics.json (the entry point saw SIGTERM and saved), else from its last epoch line, else
+    (a host job killed at max_run writes no metrics.json) from the model it last exported."""
     result.status = status
     if status == "Stopped":
+        from .inference import exported_epoch
+
         result.stop_reason = reason
         result.stopped_after_epoch = result.metrics.get("stopped_after_epoch",
                                                         last_epoch_logged)
+        if result.stopped_after_epoch is None and result.model_artifact:
+            result.stopped_after_epoch = exported_epoch(result.model_artifact)
     return result
 
 

@@ -50,8 +50,11 @@ def show_run(result, data_dir, epochs):
         accuracy = float((inference.predict_classes(signature, images) == labels).mean())
         result.metrics["eval_accuracy"] = round(accuracy, 4)  # of the model saved at the stop
         done = result.stopped_after_epoch or 0
+        exported = inference.exported_epoch(result.model_artifact)
+        held = ("the weights it had" if result.metrics.get("stopped_by") == "SIGTERM"
+                else f"the model it exported after epoch {exported}")
         print(f"job {result.job_name} was stopped ({result.stop_reason}) after epoch {done} of "
-              f"{epochs}; its model.tar.gz holds the weights it had. To continue it from epoch "
+              f"{epochs}; its model.tar.gz holds {held}. To continue it from epoch "
               f"{done + 1}, run this notebook again with RESUME_FROM = {result.job_name!r} and "
               f"the same EPOCHS (and a MAX_RUN that fits the rest).")
     print(f"job {result.job_name}: eval accuracy {result.metrics['eval_accuracy']:.4f}, "

@@ -1,0 +1,93 @@
+"""A job stopped as SageMaker stops one keeps a model that serves.
+
+At max_run (or when spot capacity is reclaimed) SageMaker sends SIGTERM to the container's main
+process, kills the container 120 s later and uploads what /opt/ml/model holds. Its training
+toolkit does not pass the signal on to the entry point (sagemaker-training-toolkit#125), so
+what is there is what the script put there before. Here the SDK's real local mode runs the job in
+the stand-in image and the test does to its container what SageMaker does: SIGTERM to the main
+process only, a window (shortened), SIGKILL. The model.tar.gz local mode then packs must hold
+a servable model (the entry points export one after epoch 1 and then periodically; before that
+they saved only at the end, and this test failed: an empty model.tar.gz).
+"""
+
+import json
+import re
+import subprocess
+import tarfile
+import threading
+import time
+
+import pytest
+from aws_fixtures import sdk_offline  # noqa: F401  (telemetry off: nothing leaves the machine)
+
+from workshop import dataset, inference, jobs
+
+WINDOW = 10  # SageMaker's is 120 s; nothing in the container acts on the signal either way
+SLOW = {"epochs": 60, "batch-size": 16}  # far more than the test lets it train
+CASES = {"train_keras.py": {}, "train_keras_horovod.py": {"processes_per_host": 2}}
+
+
+def docker(*args, check=True):
+    return subprocess.run(["docker", *args], capture_output=True, text=True, check=check,
+                          timeout=120)
+
+
+def wait_for(condition, what, seconds=600):
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        found = condition()
+        if found:
+            return found
+        time.sleep(1)
+    raise AssertionError(f"gave up waiting for {what} after {seconds} s")
+
+
+def running_containers(image):
+    return docker("ps", "--filter", f"ancestor={image}", "--format", "{{.ID}}").stdout.split()
+
+
+@pytest.mark.parametrize("script", sorted(CASES))
+def test_a_job_killed_like_sagemaker_kills_it_keeps_a_model_that_serves(
+        script, sdk_offline, cifar_data_dir, tmp_path):  # noqa: F811
+    from sagemaker.utils import name_from_base
+
+    estimator = jobs.workshop_estimator("local", script, SLOW, **CASES[script])
+    estimator.output_path = f"file://{tmp_path}"  # local mode packs model.tar.gz there
+    image = estimator.training_image_uri()
+    assert running_containers(image) == []
+    job_name = name_from_base(estimator.base_job_name)
+    outcome = {}
+
+    def fit():
+        try:
+            estimator.fit(jobs.data_channels("local", cifar_data_dir), job_name=job_name,
+                          logs=False)
+            outcome["completed"] = True
+        except Exception as err:  # the SDK raises when the container dies: expected
+            outcome["error"] = err
+
+    thread = threading.Thread(target=fit, daemon=True)
+    thread.start()
+    (container,) = wait_for(lambda: running_containers(image), "the job's container")
+    # Epoch 2 under way: epoch 1 is finished, checkpointed and (new code) exported.
+    wait_for(lambda: re.search(r"epoch 2/60 ", docker("logs", container, check=False).stdout),
+             "the log line of epoch 2")
+    docker("kill", "--signal", "TERM", container)  # to the container's main process only
+    time.sleep(WINDOW)
+    log = docker("logs", container, check=False).stdout
+    survived = bool(running_containers(image))
+    docker("kill", container, check=False)  # SIGKILL, as SageMaker after the window
+    thread.join(timeout=300)
+    print(f"\n{script}: container {'ran on' if survived else 'exited'} after SIGTERM; "
+          f"entry point saw it: {'stopped by SIGTERM' in log}")
+
+    assert "completed" not in outcome, "the job finished before it was killed"
+    artifact = tmp_path / "model.tar.gz"
+    with tarfile.open(artifact) as tar:
+        names = tar.getnames()
+        assert "1/saved_model.pb" in names, f"no model in {artifact}: {names}"
+        exported = json.load(tar.extractfile("1/assets.extra/export.json"))
+    assert exported["epoch"] >= 1
+    images, labels = dataset.read_examples(cifar_data_dir, "eval", count=None)
+    predicted = inference.predict_classes(inference.load_signature(artifact), images)
+    assert float((predicted == labels).mean()) > 0.2  # a trained model: above chance (0.1)
