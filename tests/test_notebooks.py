@@ -43,10 +43,10 @@ def test_committed_notebook_is_clean_with_one_parameters_cell(path):
         assert TRAINING_PARAMETERS <= run_notebooks.parameter_names(path)
 
 
-def run(tmp_path, prefix, **parameters):
+def run(tmp_path, prefix, expect=("Completed",), **parameters):
     """Execute the notebook whose name starts with ``prefix``; returns its RESULT dict."""
     path = next(p for p in NOTEBOOKS if p.name.startswith(prefix + "."))
-    outcome = run_notebooks.execute(path, parameters, output_dir=tmp_path)
+    outcome = run_notebooks.execute(path, parameters, output_dir=tmp_path, expect=expect)
     assert outcome["ok"], f"{path.name}: {outcome['error']}"
     assert outcome["result"] is not None, f"{path.name} printed no RESULT line"
     return outcome["result"], nbformat.read(outcome["output"], as_version=4)
@@ -69,7 +69,8 @@ def test_0_0_reports_versions_and_modes_without_aws(tmp_path):
 def test_1_0_downloads_converts_and_shows_samples(tmp_path, cifar_url, cifar_archive):
     result, notebook = run(tmp_path, "1.0", CIFAR10_URL=cifar_url, CIFAR10_MD5=cifar_archive.md5,
                            DATA_DIR=str(tmp_path / "data"), NUM_SHARDS=2)
-    assert result == {"train": 1024, "validation": 256, "eval": 256, "num_shards": 2}
+    assert result == {"status": "Completed", "train": 1024, "validation": 256, "eval": 256,
+                      "num_shards": 2}
     assert pictures(notebook) >= 1
 
 
@@ -211,7 +212,8 @@ def test_a_notebook_stopped_at_max_run_goes_on_and_resumes(tmp_path, cifar_data_
     lowered to two more than were done (as the projection advises), it trains just those."""
     small = {"DATA_DIR": str(cifar_data_dir), "BATCH_SIZE": 16, "LEARNING_RATE": 0.02}
     # 12 epochs of 64 steps once fitted in 35 s here (the job Completed); 40 leave a wide margin.
-    stopped, notebook = run(tmp_path / "stopped", "2.1", EPOCHS=40, MAX_RUN=35, **small)
+    stopped, notebook = run(tmp_path / "stopped", "2.1", expect=("Stopped",), EPOCHS=40,
+                            MAX_RUN=35, **small)
     assert stopped["status"] == "Stopped" and stopped["eval_accuracy"] is not None
     text = "".join(o.get("text", "") for c in notebook.cells for o in c.get("outputs", []))
     assert f"RESUME_FROM = {stopped['job_name']!r}" in text

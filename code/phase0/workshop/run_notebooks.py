@@ -3,7 +3,9 @@
   python -m workshop.run_notebooks [--epochs 3] [--only 1.1 1.2] [-p NAME VALUE ...]
 
 Executed copies go to runs/notebooks/ (git-ignored). Each notebook ends by printing
-``RESULT {json}``; that line is the notebook's headline in the summary.
+``RESULT {json}`` with a ``status`` ("Completed", or a training job's "Stopped" at max_run); that
+line is the notebook's headline in the summary. A notebook that raises, prints no RESULT line,
+reports another status than expected, or runs a cell longer than ``--timeout`` is FAILED.
 """
 
 import argparse
@@ -22,6 +24,7 @@ KERNEL = "cifar-workshop"
 KERNEL_SDK3 = "cifar-workshop-sdk3"
 SDK3_KERNELS = PHASE0_DIR.parent.parent / ".venv-sdk3" / "share" / "jupyter"
 TRAINING_PARAMETERS = ("EPOCHS",)
+TIMEOUT = 1800  # seconds any one cell may run: the defaults finish far sooner (README)
 
 
 def kernel_for(path, kernel=KERNEL):
@@ -56,9 +59,10 @@ def result_line(notebook):
     return None
 
 
-def execute(path, parameters=None, output_dir=None, kernel=KERNEL):
+def execute(path, parameters=None, output_dir=None, kernel=KERNEL, timeout=TIMEOUT,
+            expect=("Completed",)):
     """Execute one notebook (6.x in the v3 kernel); returns {"notebook", "ok", "seconds",
-    "result", "error", "output"}."""
+    "result", "error", "output"}. ``ok`` needs a RESULT line whose status is in ``expect``."""
     import papermill
 
     output_dir = Path(output_dir or RUNS_DIR / "notebooks")
@@ -75,12 +79,19 @@ def execute(path, parameters=None, output_dir=None, kernel=KERNEL):
     try:
         executed = papermill.execute_notebook(
             str(path), str(output), parameters=parameters, kernel_name=kernel,
-            cwd=str(PHASE0_DIR), progress_bar=False)
+            cwd=str(PHASE0_DIR), progress_bar=False, execution_timeout=timeout)
     except papermill.PapermillExecutionError as err:
         error = f"{err.ename}: {err.evalue}"
+    except TimeoutError as err:  # nbclient's CellTimeoutError
+        error = f"{type(err).__name__}: a cell ran longer than {timeout} s ({err})"
+    result = result_line(executed) if executed else None
+    if error is None and result is None:
+        error = "no RESULT line: the notebook did not reach its last cell's report"
+    elif error is None and result.get("status") not in expect:
+        error = (f"status {result.get('status')!r} in its RESULT line, "
+                 f"expected {' or '.join(expect)}")
     return {"notebook": path.name, "ok": error is None, "seconds": round(time.time() - start, 1),
-            "result": result_line(executed) if executed else None, "error": error,
-            "output": str(output)}
+            "result": result, "error": error, "output": str(output)}
 
 
 def main(argv=None):
@@ -88,6 +99,7 @@ def main(argv=None):
     parser.add_argument("--epochs", type=int, help="EPOCHS for every training notebook")
     parser.add_argument("--only", nargs="*", default=(), help="notebook numbers, e.g. 1.0 1.1")
     parser.add_argument("--kernel", default=KERNEL)
+    parser.add_argument("--timeout", type=int, default=TIMEOUT, help="seconds a cell may run")
     parser.add_argument("-p", nargs=2, action="append", default=[], metavar=("NAME", "VALUE"),
                         help="extra parameter (value parsed as JSON when it can be)")
     args = parser.parse_args(argv)
@@ -105,7 +117,7 @@ def main(argv=None):
             print(f"skipped {path.name}: SageMaker SDK v3 has no process mode; run it with "
                   f"--only {path.name[:3]} -p MODE local (Docker) or -p MODE host", flush=True)
             continue
-        outcome = execute(path, parameters, kernel=args.kernel)
+        outcome = execute(path, parameters, kernel=args.kernel, timeout=args.timeout)
         failed += not outcome["ok"]
         status = "passed" if outcome["ok"] else "FAILED"
         headline = json.dumps(outcome["result"]) if outcome["ok"] else outcome["error"]
