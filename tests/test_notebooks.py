@@ -228,3 +228,26 @@ def test_a_notebook_stopped_at_max_run_goes_on_and_resumes(tmp_path, cifar_data_
     assert f"resuming from checkpoint: epochs 1-{done} done" in text
     trained = [int(n) for n in re.findall(rf"epoch (\d+)/{done + 2} ", text)]
     assert trained == [done + 1, done + 2]  # each remaining epoch once
+
+
+def paragraphs(path):
+    """The markdown paragraphs of a notebook of 12 words or more, whitespace normalised."""
+    found = set()
+    for cell in nbformat.read(path, as_version=4).cells:
+        if cell.cell_type == "markdown":
+            for block in re.split(r"\n\s*\n", cell.source):
+                words = block.split()
+                if len(words) >= 12:
+                    found.add(" ".join(words))
+    return found
+
+
+def test_no_paragraph_is_taught_twice():
+    """Each notebook says what is new in it and points back for the rest (1.2 teaches the
+    Estimator, training and MAX_RUN once): no paragraph appears in two notebooks."""
+    seen = {}
+    for path in NOTEBOOKS:
+        for paragraph in paragraphs(path):
+            assert paragraph not in seen, (f"{path.name} repeats a paragraph of {seen[paragraph]}:"
+                                           f" {paragraph[:120]}...")
+            seen[paragraph] = path.name
