@@ -426,3 +426,69 @@ def check_transform(instance_type, instance_count, max_cost_usd, region, hours=1
                   quota_for(instance_type, "transform", region, boto_session=boto_session),
                   max_cost_usd)
     return decide(check, "the instance count or pick a cheaper INSTANCE_TYPE")
+
+
+# ------------------------------------------------------------------------------ the notebooks
+
+
+def parameters_of(path):
+    """The literal values of a notebook's parameters cell: {name: value}."""
+    import ast
+
+    cells = json.loads(Path(path).read_text())["cells"]
+    (source,) = ["".join(c["source"]) for c in cells
+                 if "parameters" in c.get("metadata", {}).get("tags", [])]
+    values = {}
+    for node in ast.parse(source).body:
+        if isinstance(node, ast.Assign) and isinstance(node.value, ast.Constant):
+            values[node.targets[0].id] = node.value.value
+    return values
+
+
+def notebook_worst_cases(folder=None):
+    """What each host-mode step of the notebooks may cost at most with their parameters' defaults
+    and the table's prices (no AWS): [(notebook, step, instances, type, hours, USD or None)]."""
+    from . import PHASE0_DIR
+
+    rows = []
+    paths = sorted(Path(folder or PHASE0_DIR).glob("[0-9]*.ipynb"),
+                   key=lambda p: tuple(int(x) for x in p.name.split(".")[:2]))
+    for path in paths:
+        values, number = parameters_of(path), ".".join(path.name.split(".")[:2])
+        kind = values.get("INSTANCE_TYPE")
+        if not kind:
+            continue
+        steps = []
+        if number.startswith("4."):
+            steps = [("endpoint, an hour", "hosting", 1, 1.0),
+                     ("batch transform, an hour", "transform", 1, 1.0)]
+        else:
+            hours = float(values.get("MAX_RUN", 0)) / 3600
+            counts = [values.get("INSTANCE_COUNT", 1)]
+            if "DISTRIBUTED_INSTANCE_COUNT" in values:
+                counts.append(values["DISTRIBUTED_INSTANCE_COUNT"])
+            steps = [("training job, MAX_RUN", "training", count, hours) for count in counts]
+        if values.get("DEPLOY_INSTANCE_TYPE"):
+            rows.append((number, "endpoint, an hour", 1, values["DEPLOY_INSTANCE_TYPE"], 1.0,
+                         _usd(values["DEPLOY_INSTANCE_TYPE"], "hosting", 1, 1.0)))
+        rows += [(number, step, count, kind, hours, _usd(kind, usage, count, hours))
+                 for step, usage, count, hours in steps]
+    return rows
+
+
+def _usd(instance_type, usage, count, hours):
+    price = table_price(instance_type, usage, PRICING_REGION).usd_per_hour
+    return None if price is None else round(count * hours * price, 3)
+
+
+def main():
+    """``python -m workshop.budget``: each notebook's worst case, as README's table shows it."""
+    print("| notebook | step | instances | hours | worst case, USD (us-east-1, prices.json) |")
+    print("|---|---|---|---|---|")
+    for number, step, count, kind, hours, usd in notebook_worst_cases():
+        cost = "no price" if usd is None else f"{usd:.3f}"
+        print(f"| `{number}` | {step} | {count} x {kind} | {hours:g} | {cost} |")  # not "| 1.2 "
+
+
+if __name__ == "__main__":
+    main()
