@@ -343,3 +343,16 @@ def test_cleanup_waits_while_sagemaker_refuses_to_delete_an_endpoint_being_creat
     assert "SageMaker refused to delete it yet" in printed and "deleted endpoint e" in printed
     assert "deleted model" not in printed  # it was already gone: skipped
     assert billed["instance_hours"] > 0 and "x $0.115 =" in billed["text"]
+
+
+def test_a_failing_cleanup_step_does_not_stop_the_others_and_says_what_is_left():
+    client, stub = stubbed_client()
+    stub.add_client_error("describe_endpoint", "ThrottlingException", "Rate exceeded", 400,
+                          expected_params={"EndpointName": "e"})
+    stub.add_response("delete_endpoint", {}, {"EndpointName": "e"})
+    stub.add_response("delete_endpoint_config", {}, {"EndpointConfigName": "e"})
+    stub.add_response("delete_model", {}, {"ModelName": "m"})
+    with stub, pytest.raises(RuntimeError, match="aws sagemaker describe-endpoint "
+                                                 "--endpoint-name e"):
+        deploy.delete_by_name(client, endpoint_name="e", model_name="m")
+    stub.assert_no_pending_responses()  # endpoint, config and model still deleted

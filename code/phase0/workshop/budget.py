@@ -317,7 +317,7 @@ class Check:
         lines = [f"{self.what}: {self.instance_count} x {self.instance_type} in {self.region}, "
                  f"worst case {self.instance_count} x {self.hours:g} h = "
                  f"{self.instance_hours:g} instance-hours"
-                 + (f" = ${self.worst_usd:.2f}" if self.worst_usd is not None else "")]
+                 + (f" = {dollars(self.worst_usd)}" if self.worst_usd is not None else "")]
         if self.spot:
             lines.append("  spot: billed at most the on-demand price for at most the training "
                          "time, so the on-demand worst case holds")
@@ -343,6 +343,11 @@ class Check:
                 "quota_name": self.quota.name if self.quota else None,
                 "quota_value": self.quota.value if self.quota else None,
                 "max_cost_usd": self.max_cost_usd}
+
+
+def dollars(usd):
+    """$5.63, but $0.115: small amounts keep their third decimal."""
+    return f"${usd:.2f}" if usd >= 1 else f"${usd:.3f}"
 
 
 def decide(check, raise_with):

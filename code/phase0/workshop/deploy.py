@@ -282,7 +282,10 @@ def shut_down(mode, predictor=None, model=None, transformer=None, endpoint_name=
             print(f"stopped the TF Serving stand-in (pid {standin.process.pid})")
         return None
     if mode == "host":
-        session = (predictor or model or transformer).sagemaker_session
+        owner = predictor or model or transformer
+        if owner is None:
+            return None
+        session = owner.sagemaker_session
         return delete_by_name(session.sagemaker_client,
                               endpoint_name or getattr(predictor, "endpoint_name", None),
                               getattr(model, "name", None), transform_job_name)
@@ -304,48 +307,71 @@ def _missing(err):
 def delete_by_name(client, endpoint_name=None, model_name=None, transform_job_name=None,
                    wait_seconds=900, poll_seconds=15):
     """Host mode's cleanup: stop the transform job if it is in progress, delete the endpoint
-    (waiting, up to wait_seconds, if SageMaker refuses while it is still being created), its
-    endpoint config and the model. Names that do not exist are skipped."""
+    (waiting, up to wait_seconds, while SageMaker refuses because it is still being created), its
+    endpoint config and the model. Names that do not exist are skipped; a step that fails does
+    not stop the others, and the failures are raised together at the end, with the commands."""
     from botocore.exceptions import ClientError
 
-    billed = None
-    if transform_job_name:
+    billed, failed = None, []
+
+    def attempt(what, command, step):
         try:
-            status = client.describe_transform_job(
-                TransformJobName=transform_job_name)["TransformJobStatus"]
-            if status == "InProgress":
-                client.stop_transform_job(TransformJobName=transform_job_name)
-                print(f"stopped transform job {transform_job_name} (it was {status})")
+            return step()
         except ClientError as err:
             if not _missing(err):
-                raise
+                failed.append(f"{what}: {err} (`{command}`)")
+        return None
+
+    def stop_transform():
+        status = client.describe_transform_job(
+            TransformJobName=transform_job_name)["TransformJobStatus"]
+        if status == "InProgress":
+            client.stop_transform_job(TransformJobName=transform_job_name)
+            print(f"stopped transform job {transform_job_name} (it was {status})")
+
+    if transform_job_name:
+        attempt(f"transform job {transform_job_name}", "aws sagemaker stop-transform-job "
+                f"--transform-job-name {transform_job_name}", stop_transform)
     if endpoint_name:
-        config_name = endpoint_name  # the SDK's name for it, if the endpoint is already gone
+        described, gone = None, False
         try:
             described = client.describe_endpoint(EndpointName=endpoint_name)
-            config_name = described["EndpointConfigName"]
             billed = billable_time_of(client, described)
-            _delete_endpoint(client, endpoint_name, described["EndpointStatus"], wait_seconds,
-                             poll_seconds)
-            print(f"deleted endpoint {endpoint_name} (it was {described['EndpointStatus']})")
         except ClientError as err:
-            if not _missing(err):
-                raise
-        try:
+            gone = _missing(err)
+            if not gone:
+                failed.append(f"endpoint {endpoint_name}: {err} (`aws sagemaker "
+                              f"describe-endpoint --endpoint-name {endpoint_name}`)")
+        # the SDK names the config after the endpoint: that name if the endpoint is gone
+        config_name = described["EndpointConfigName"] if described else endpoint_name
+        status = described["EndpointStatus"] if described else "unknown"
+
+        def delete_endpoint():
+            _delete_endpoint(client, endpoint_name, status, wait_seconds, poll_seconds)
+            print(f"deleted endpoint {endpoint_name} (it was {status})")
+
+        if not gone:
+            attempt(f"endpoint {endpoint_name}", "aws sagemaker delete-endpoint "
+                    f"--endpoint-name {endpoint_name}", delete_endpoint)
+
+        def delete_config():
             client.delete_endpoint_config(EndpointConfigName=config_name)
             print(f"deleted endpoint config {config_name}")
-        except ClientError as err:
-            if not _missing(err):
-                raise
+
+        attempt(f"endpoint config {config_name}", "aws sagemaker delete-endpoint-config "
+                f"--endpoint-config-name {config_name}", delete_config)
     if model_name:
-        try:
+        def delete_model():
             client.delete_model(ModelName=model_name)
             print(f"deleted model {model_name}")
-        except ClientError as err:
-            if not _missing(err):
-                raise
+
+        attempt(f"model {model_name}", f"aws sagemaker delete-model --model-name {model_name}",
+                delete_model)
     if billed:
         print(billed["text"])
+    if failed:
+        raise RuntimeError("cleanup left something on SageMaker; delete it by hand or with "
+                           "4.1's last cell (DELETE_LEFTOVERS = True): " + "; ".join(failed))
     return billed
 
 
@@ -359,9 +385,6 @@ def _delete_endpoint(client, name, status, wait_seconds, poll_seconds):
             return
         except ClientError as err:
             if _missing(err) or time.monotonic() > deadline:
-                if time.monotonic() > deadline:
-                    print(f"endpoint {name} could not be deleted ({err}): delete it with `aws "
-                          f"sagemaker delete-endpoint --endpoint-name {name}` or the audit cell")
                 raise
             print(f"endpoint {name} is {status}; SageMaker refused to delete it yet "
                   f"({err.response['Error'].get('Message', '')}); trying again in "
