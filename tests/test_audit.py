@@ -175,3 +175,17 @@ def test_outside_host_mode_the_closing_audit_asks_nothing():
     found, text = printed(audit.closing_audit, "process", True)
     assert found is None and "nothing of this workshop runs on AWS" in text
     assert not budget._CLIENTS
+
+
+def test_the_closing_cell_in_host_mode_lists_then_deletes_on_request(moto_server):
+    sm = boto3.client("sagemaker", region_name=REGION)
+    ours = make_endpoint(sm, "closing-tagged", audit.tags_for("5.0"))
+    session = boto3.Session(region_name=REGION)
+
+    found, text = printed(audit.closing_audit, "host", False, session)
+    assert set(ours.values()) <= {r.name for r in found}
+    assert "Set DELETE_LEFTOVERS = True" in text
+
+    left, text = printed(audit.closing_audit, "host", True, session)
+    assert not set(ours.values()) & {r.name for r in left}
+    assert f"endpoint {ours['endpoint']}: deleted" in text

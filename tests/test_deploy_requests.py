@@ -347,7 +347,7 @@ def test_cleanup_waits_while_sagemaker_refuses_to_delete_an_endpoint_being_creat
 
 def test_a_failing_cleanup_step_does_not_stop_the_others_and_says_what_is_left():
     client, stub = stubbed_client()
-    stub.add_client_error("describe_endpoint", "ThrottlingException", "Rate exceeded", 400,
+    stub.add_client_error("describe_endpoint", "AccessDeniedException", "not authorized", 400,
                           expected_params={"EndpointName": "e"})
     stub.add_response("delete_endpoint", {}, {"EndpointName": "e"})
     stub.add_response("delete_endpoint_config", {}, {"EndpointConfigName": "e"})
