@@ -469,10 +469,10 @@ def notebook_worst_cases(folder=None):
                      ("batch transform, an hour", "transform", 1, 1.0)]
         else:
             hours = float(values.get("MAX_RUN", 0)) / 3600
-            counts = [values.get("INSTANCE_COUNT", 1)]
-            if "DISTRIBUTED_INSTANCE_COUNT" in values:
-                counts.append(values["DISTRIBUTED_INSTANCE_COUNT"])
-            steps = [("training job, MAX_RUN", "training", count, hours) for count in counts]
+            steps = [("training job, MAX_RUN", "training", values.get("INSTANCE_COUNT", 1), hours)]
+            if "DISTRIBUTED_INSTANCE_COUNT" in values:  # 6.0: its distributed jobs, each
+                steps.append(("each distributed training job, MAX_RUN", "training",
+                              values["DISTRIBUTED_INSTANCE_COUNT"], hours))
         if values.get("DEPLOY_INSTANCE_TYPE"):
             rows.append((number, "endpoint, an hour", 1, values["DEPLOY_INSTANCE_TYPE"], 1.0,
                          _usd(values["DEPLOY_INSTANCE_TYPE"], "hosting", 1, 1.0)))
