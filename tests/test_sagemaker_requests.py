@@ -330,22 +330,26 @@ def test_host_result_is_collected_recorded_and_costed(s3_channels, tmp_path):
     jobs.save_result("3.1", result, runs_dir=tmp_path)
     (record,) = compare_runs.load_runs(tmp_path)
     assert record["notebook"] == "3.1" and record["job_name"] == result.job_name
-    prices = {"read_on": "2026-11-30", "source": "test", "region": REGION,
-              "usd_per_instance_hour": {"ml.p4d.24xlarge": 36.0}}
+    prices = {"region": REGION, "spot": "test", "prices": [
+        {"instance_type": "ml.p4d.24xlarge", "usage": "training", "usd_per_hour": 36.0,
+         "source": "test", "source_date": "2026-11-30", "confidence": "test"}]}
     # 1000 s x 2 instances x $36/h = $20 on demand; billed 300 s x 2 x $36/h = $6
-    assert compare_runs.cost_estimate(record, prices) == {"on_demand_usd": 20.0, "billed_usd": 6.0}
+    assert compare_runs.cost_estimate(record, prices) == {
+        "usd_per_hour": 36.0, "on_demand_usd": 20.0, "billed_usd": 6.0}
     assert compare_runs.table([record], prices).iloc[0]["billed_usd"] == 6.0
-    assert compare_runs.cost_estimate(record, {**prices, "usd_per_instance_hour": {}}) is None
+    assert compare_runs.cost_estimate(record, {**prices, "prices": []}) is None
     assert compare_runs.cost_estimate({**record, "mode": "process"}, prices) is None
 
 
 def test_a_price_table_needs_its_date_and_source(tmp_path):
     path = tmp_path / "prices.json"
-    path.write_text(json.dumps({"usd_per_instance_hour": {"ml.g5.xlarge": 1.0}}))
-    with pytest.raises(ValueError, match="read_on.*region.*source"):
+    path.write_text(json.dumps({"region": REGION, "spot": "x", "prices": [
+        {"instance_type": "ml.g5.xlarge", "usage": "training", "usd_per_hour": 1.0}]}))
+    with pytest.raises(ValueError, match="needs its source and the date"):
         compare_runs.load_prices(path)
     shipped = compare_runs.load_prices()
-    assert shipped["read_on"] and shipped["source"].startswith("https://")
+    assert shipped["region"] == REGION
+    assert all(e["source"] and e["source_date"] for e in shipped["prices"] if e["usd_per_hour"])
 
 
 def test_resume_from_a_host_job_reuses_its_checkpoint_location(s3_channels):

@@ -8,19 +8,20 @@ Each training notebook records its run with ``jobs.save_result`` as
 
 Managed spot training bills fewer seconds than it trains (the saving is
 1 - BillableTimeInSeconds / TrainingTimeInSeconds, as the DescribeTrainingJob reference puts it),
-so the two differ only for spot runs. Prices come from ``training_prices.json`` with the date and
-source they were read from; a type missing there gets no estimate.
+so the two differ only for spot runs (spot bills its billable seconds at the on-demand price).
+Prices are the training prices of ``prices.json`` (the budget guard's table), each with its source
+and the date the source shows; a type with no price there gets no estimate.
 """
 
 import json
 from pathlib import Path
 
-from . import RUNS_DIR
+from . import RUNS_DIR, budget
 
-PRICES_PATH = Path(__file__).with_name("training_prices.json")
+PRICES_PATH = budget.PRICES_PATH
 COLUMNS = ("notebook", "mode", "job_name", "instance_type", "instance_count", "spot", "epochs",
            "workers", "eval_accuracy", "images_per_sec", "wall_seconds", "billable_seconds",
-           "on_demand_usd", "billed_usd")
+           "usd_per_hour", "on_demand_usd", "billed_usd")
 
 
 def load_runs(runs_dir=None):
@@ -31,26 +32,36 @@ def load_runs(runs_dir=None):
 
 
 def load_prices(path=PRICES_PATH):
-    prices = json.loads(Path(path).read_text())
-    missing = {"read_on", "source", "region", "usd_per_instance_hour"} - set(prices)
-    if missing:
-        raise ValueError(f"{path} lacks {sorted(missing)}: a price table needs its prices, the "
-                         f"date they were read, their source and region.")
-    return prices
+    """prices.json (or another table in its format), checked by budget.load_prices."""
+    return budget.load_prices(path)
+
+
+def training_price(instance_type, prices):
+    """The table's training price of a type (budget.Price; usd_per_hour None if it has none)."""
+    return budget.table_price(instance_type, "training", prices["region"], prices)
 
 
 def cost_estimate(record, prices):
-    """{"on_demand_usd", "billed_usd"} of a host run, or None (not host, or no price/times)."""
-    price = prices["usd_per_instance_hour"].get(record.get("instance_type"))
-    if record.get("mode") != "host" or price is None:
+    """{"usd_per_hour", "on_demand_usd", "billed_usd"} of a host run, or None (not host, or no
+    price)."""
+    if record.get("mode") != "host":
+        return None
+    price = training_price(record.get("instance_type"), prices).usd_per_hour
+    if price is None:
         return None
     count = int(record.get("instance_count") or 1)
 
     def usd(seconds):
         return None if seconds is None else round(seconds * count * price / 3600, 4)
 
-    return {"on_demand_usd": usd(record.get("training_seconds")),
+    return {"usd_per_hour": price, "on_demand_usd": usd(record.get("training_seconds")),
             "billed_usd": usd(record.get("billable_seconds"))}
+
+
+def price_sources(records, prices):
+    """One line per instance type of the host runs: its price and where it comes from."""
+    types = sorted({r.get("instance_type") for r in records if r.get("mode") == "host"})
+    return [f"{kind}: {training_price(kind, prices).describe()}" for kind in types]
 
 
 def table(records, prices):

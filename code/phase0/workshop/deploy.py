@@ -1,10 +1,14 @@
 """Deploy a trained model and score it, in the three modes: the plumbing of notebook 4.1.
 
-    model = TensorFlowModel(model_data=..., framework_version="2.19", role=..., ...)
+    names = deploy.resource_names("cifar10-4-1")        # chosen before anything exists
+    model = TensorFlowModel(model_data=..., framework_version="2.19", name=names.model, ...)
     predictor = deploy.serve_in_process(model)          # MODE="process": the stand-in, no Docker
-    predictor = model.deploy(...)                       # MODE="local"/"host": the SDK itself
+    predictor = model.deploy(..., endpoint_name=names.endpoint)  # "local"/"host": the SDK itself
     reply = predictor.predict(batch)                    # the same in every mode
-    deploy.shut_down(MODE, predictor, model)            # in `finally`
+    deploy.shut_down(MODE, predictor, model, endpoint_name=names.endpoint)  # in `finally`
+
+In host mode shut_down deletes by name, whether or not deploy returned: model.deploy returns only
+once the endpoint is InService (minutes), which is when a learner presses Stop.
 
 Process mode unpacks ``model.tar.gz`` as the container does (``/opt/ml/model``), starts the
 TF Serving stand-in (``tfs_standin.py``) on a free loopback port, and hands back the SDK's own
@@ -27,7 +31,7 @@ from pathlib import Path
 
 import numpy as np
 
-from . import PHASE0_DIR, RUNS_DIR
+from . import PHASE0_DIR, RUNS_DIR, budget
 from .files import free_ports, write_atomic
 from .jobs import load_result, nvidia_gpu_present, session_for
 from .tfs_standin import NO_MODELS, find_models
@@ -243,11 +247,32 @@ def standin_of(predictor):
     return _STANDINS[predictor.endpoint_name]
 
 
-def shut_down(mode, predictor=None, model=None, transformer=None):
-    """Stop what serves the model: the stand-in (process), or the endpoint, its config and the
-    model (local/host; host also prints the billable time), and in local mode the container of a
-    transform job that failed (the SDK stops it only when the job completes). Safe when deploy
-    never finished."""
+@dataclass
+class ResourceNames:
+    """The names of what 4.1 creates, chosen before anything is created, so that ``finally``
+    can delete them whether or not the call that creates them returned."""
+    model: str
+    endpoint: str        # the SDK names the endpoint config after the endpoint
+    transform_job: str
+
+
+def resource_names(base="cifar10-4-1"):
+    from sagemaker.utils import name_from_base
+
+    stem = name_from_base(base)  # <base>-<yyyy-mm-dd-hh-mm-ss-mmm>, within the 63-character limit
+    return ResourceNames(f"{stem}-model", f"{stem}-endpoint", f"{stem}-transform")
+
+
+def shut_down(mode, predictor=None, model=None, transformer=None, endpoint_name=None,
+              transform_job_name=None):
+    """Stop what serves the model, whatever happened before (interrupt, failure, timeout).
+
+    process: the stand-in's server. local: the endpoint's container and the model (the SDK's own
+    delete calls), and the container of a transform job that failed (the SDK stops it only when the
+    job completes). host: by name, whether or not deploy or transform returned: the endpoint
+    ``endpoint_name`` (or the predictor's), its endpoint config, a transform job
+    ``transform_job_name`` still in progress (StopTransformJob) and the model; what does not exist
+    is skipped. Prints the endpoint's billable time. Returns that (host) or None."""
     if mode == "local" and transformer is not None:
         stop_local_transform(transformer)
     if mode == "process":
@@ -256,18 +281,116 @@ def shut_down(mode, predictor=None, model=None, transformer=None):
             stop_standin(standin)
             print(f"stopped the TF Serving stand-in (pid {standin.process.pid})")
         return None
-    billed = None
+    if mode == "host":
+        owner = predictor or model or transformer
+        if owner is None:
+            return None
+        session = owner.sagemaker_session
+        return delete_by_name(session.sagemaker_client,
+                              endpoint_name or getattr(predictor, "endpoint_name", None),
+                              getattr(model, "name", None), transform_job_name)
     if predictor is not None:
-        if mode == "host":
-            billed = billable_time(predictor)
         predictor.delete_endpoint(delete_endpoint_config=True)
         print(f"deleted endpoint and endpoint config {predictor.endpoint_name}")
     if model is not None and getattr(model, "name", None):
         model.delete_model()
         print(f"deleted model {model.name}")
+    return None
+
+
+def _missing(err):
+    """SageMaker's answer for a name that does not exist (ValidationException "Could not find")."""
+    message = str(err)
+    return "Could not find" in message or "does not exist" in message
+
+
+def delete_by_name(client, endpoint_name=None, model_name=None, transform_job_name=None,
+                   wait_seconds=900, poll_seconds=15):
+    """Host mode's cleanup: stop the transform job if it is in progress, delete the endpoint
+    (waiting, up to wait_seconds, while SageMaker refuses because it is still being created), its
+    endpoint config and the model. Names that do not exist are skipped; a step that fails does
+    not stop the others, and the failures are raised together at the end, with the commands."""
+    from botocore.exceptions import ClientError
+
+    billed, failed = None, []
+
+    def attempt(what, command, step):
+        try:
+            return step()
+        except ClientError as err:
+            if not _missing(err):
+                failed.append(f"{what}: {err} (`{command}`)")
+        return None
+
+    def stop_transform():
+        status = client.describe_transform_job(
+            TransformJobName=transform_job_name)["TransformJobStatus"]
+        if status == "InProgress":
+            client.stop_transform_job(TransformJobName=transform_job_name)
+            print(f"stopped transform job {transform_job_name} (it was {status})")
+
+    if transform_job_name:
+        attempt(f"transform job {transform_job_name}", "aws sagemaker stop-transform-job "
+                f"--transform-job-name {transform_job_name}", stop_transform)
+    if endpoint_name:
+        described, gone = None, False
+        try:
+            described = client.describe_endpoint(EndpointName=endpoint_name)
+            billed = billable_time_of(client, described)
+        except ClientError as err:
+            gone = _missing(err)
+            if not gone:
+                failed.append(f"endpoint {endpoint_name}: {err} (`aws sagemaker "
+                              f"describe-endpoint --endpoint-name {endpoint_name}`)")
+        # the SDK names the config after the endpoint: that name if the endpoint is gone
+        config_name = described["EndpointConfigName"] if described else endpoint_name
+        status = described["EndpointStatus"] if described else "unknown"
+
+        def delete_endpoint():
+            _delete_endpoint(client, endpoint_name, status, wait_seconds, poll_seconds)
+            print(f"deleted endpoint {endpoint_name} (it was {status})")
+
+        if not gone:
+            attempt(f"endpoint {endpoint_name}", "aws sagemaker delete-endpoint "
+                    f"--endpoint-name {endpoint_name}", delete_endpoint)
+
+        def delete_config():
+            client.delete_endpoint_config(EndpointConfigName=config_name)
+            print(f"deleted endpoint config {config_name}")
+
+        attempt(f"endpoint config {config_name}", "aws sagemaker delete-endpoint-config "
+                f"--endpoint-config-name {config_name}", delete_config)
+    if model_name:
+        def delete_model():
+            client.delete_model(ModelName=model_name)
+            print(f"deleted model {model_name}")
+
+        attempt(f"model {model_name}", f"aws sagemaker delete-model --model-name {model_name}",
+                delete_model)
     if billed:
         print(billed["text"])
+    if failed:
+        raise RuntimeError("cleanup left something on SageMaker; delete it by hand or with "
+                           "4.1's last cell (DELETE_LEFTOVERS = True): " + "; ".join(failed))
     return billed
+
+
+def _delete_endpoint(client, name, status, wait_seconds, poll_seconds):
+    from botocore.exceptions import ClientError
+
+    deadline = time.monotonic() + wait_seconds
+    while True:
+        try:
+            client.delete_endpoint(EndpointName=name)
+            return
+        except ClientError as err:
+            if _missing(err) or time.monotonic() > deadline:
+                raise
+            print(f"endpoint {name} is {status}; SageMaker refused to delete it yet "
+                  f"({err.response['Error'].get('Message', '')}); trying again in "
+                  f"{poll_seconds} s")
+            time.sleep(poll_seconds)
+            status = client.describe_endpoint(EndpointName=name)["EndpointStatus"]
 
 
 def stop_local_transform(transformer):
@@ -283,8 +406,18 @@ def stop_local_transform(transformer):
 def billable_time(predictor):
     """How long the endpoint existed (what SageMaker bills real-time instances for)."""
     client = predictor.sagemaker_session.sagemaker_client
-    endpoint = client.describe_endpoint(EndpointName=predictor.endpoint_name)
-    config = client.describe_endpoint_config(EndpointConfigName=endpoint["EndpointConfigName"])
+    return billable_time_of(client, client.describe_endpoint(EndpointName=predictor.endpoint_name))
+
+
+def billable_time_of(client, endpoint):
+    """billable_time for a DescribeEndpoint answer; the price from prices.json when it has one."""
+    from botocore.exceptions import ClientError
+
+    try:
+        config = client.describe_endpoint_config(
+            EndpointConfigName=endpoint["EndpointConfigName"])
+    except ClientError:
+        return None
     variant = config["ProductionVariants"][0]
     seconds = (datetime.now(timezone.utc) - endpoint["CreationTime"]).total_seconds()
     if "ServerlessConfig" in variant:
@@ -293,9 +426,17 @@ def billable_time(predictor):
         return {"seconds": seconds, "instance_hours": 0.0, "text": text}
     count, instance = variant.get("InitialInstanceCount", 1), variant.get("InstanceType")
     hours = count * seconds / 3600
+    region = client.meta.region_name
+    price = budget.table_price(instance, "hosting", region)
+    if price.usd_per_hour is None:
+        cost, usd = f"(no price for it in workshop/prices.json: see {PRICING_PAGE})", None
+    else:
+        usd = hours * price.usd_per_hour
+        cost = (f"x ${price.usd_per_hour:g} = ${usd:.4f} (workshop/prices.json, "
+                f"{price.confidence})")
     text = (f"endpoint cost: {count} x {instance} for {seconds:.0f} s = {hours:.3f} instance-hours "
-            f"(times the {instance} real-time inference price on {PRICING_PAGE})")
-    return {"seconds": seconds, "instance_hours": hours, "text": text}
+            f"{cost}")
+    return {"seconds": seconds, "instance_hours": hours, "usd": usd, "text": text}
 
 
 # ------------------------------------------------------------------------------ scoring
