@@ -73,6 +73,7 @@ def test_1_2_job_request(notebook, host_data_dir):
     assert request["HyperParameters"] == {"epochs": "20", "batch-size": "128",
                                           "learning-rate": "0.05"}
     assert request["ResourceConfig"]["InstanceType"] == "ml.g5.xlarge"
+    assert {"Key": "workshop-notebook", "Value": "6.0"} in request["Tags"]  # 4.1's audit finds it
     assert request["ResourceConfig"]["InstanceCount"] == 1
     assert request["EnableManagedSpotTraining"] is True
     assert request["StoppingCondition"] == {"MaxRuntimeInSeconds": 3600,
@@ -131,7 +132,7 @@ def test_deploy_requests(notebook, moto_server, monkeypatch):
     predictions = [{"class_id": int(label), "probabilities": [0.1] * 10} for label in images]
     seed_invoke_result(moto_server, {"predictions": predictions})
     sent = record_calls(monkeypatch)
-    run_cells(notebook, "import inspect", "deployed = None")
+    run_cells(notebook, "import inspect", 'name_from_base("cifar10-v3")')
 
     name = sent["CreateModel"]["ModelName"]
     assert name.startswith("cifar10-v3-")
@@ -142,9 +143,12 @@ def test_deploy_requests(notebook, moto_server, monkeypatch):
         .s3_model_artifacts
     assert sent["CreateModel"]["ExecutionRoleArn"] == ROLE
     assert sent["CreateEndpointConfig"]["ProductionVariants"] == [{
-        "VariantName": "AllTraffic", "ModelName": name, "InstanceType": "ml.c5.large",
+        "VariantName": "AllTraffic", "ModelName": name, "InstanceType": "ml.m5.large",
         "InitialInstanceCount": 1}]
-    assert sent["CreateEndpoint"] == {"EndpointName": name, "EndpointConfigName": name}
+    assert {k: sent["CreateEndpoint"][k] for k in ("EndpointName", "EndpointConfigName")} == {
+        "EndpointName": name, "EndpointConfigName": name}
+    for operation in ("CreateModel", "CreateEndpointConfig", "CreateEndpoint"):  # audit finds them
+        assert {"Key": "workshop-notebook", "Value": "6.0"} in sent[operation]["Tags"], operation
     body = json.loads(sent["InvokeEndpoint"]["Body"])
     assert sent["InvokeEndpoint"]["ContentType"] == "application/json"
     assert len(body["instances"]) == 16 and len(body["instances"][0]) == 32  # 16 x 32x32x3

@@ -40,7 +40,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Optional
 
-from . import DEFAULT_DATA_DIR, RUNS_DIR, SRC_DIR, entry_points, images, instances, resolve
+from . import DEFAULT_DATA_DIR, RUNS_DIR, SRC_DIR, audit, entry_points, images, instances, resolve
 from .dataset import CHANNELS_NAME, SPLITS
 from .files import write_json_atomic
 from .log_format import METRIC_DEFINITIONS  # noqa: F401  (notebooks use jobs.METRIC_DEFINITIONS)
@@ -193,11 +193,14 @@ def spot_for(mode, use_spot):
 
 
 def image_for(instance_type, session, gpu, cpu):
-    """The URI of the ``gpu`` tag for a GPU instance type (or "local_gpu"), else of ``cpu``, in
-    the registry of the session's region: what ``image_uri=`` takes when the SDK cannot name the
-    image itself (SDK v2 knows no TensorFlow image newer than 2.19)."""
+    """The URI of the ``gpu`` tag for a GPU instance type (or "local_gpu"), else of ``cpu``
+    (also for None: a serverless endpoint), in the registry of the session's region: what
+    ``image_uri=`` takes when the SDK cannot name the image itself (SDK v2 knows no TensorFlow
+    image newer than 2.19)."""
     region = session.boto_region_name
-    if instance_type.startswith("local"):
+    if instance_type is None:
+        use_gpu = False
+    elif instance_type.startswith("local"):
         use_gpu = instance_type == "local_gpu"
     else:
         use_gpu = instances.gpus(instance_type, region) > 0
@@ -240,7 +243,8 @@ def workshop_estimator(mode, script, hyperparameters, instance_type=None, instan
         output_path=output_path_for(mode, bucket),
         use_spot_instances=spot_for(mode, use_spot), max_run=max_run,
         max_wait=2 * max_run if spot_for(mode, use_spot) else None,
-        base_job_name=entry.base_job_name, disable_profiler=True)
+        base_job_name=entry.base_job_name, disable_profiler=True,
+        tags=audit.tags_for(entry.notebook))
 
 
 # ------------------------------------------------------------------------------- inputs

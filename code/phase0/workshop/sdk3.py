@@ -22,7 +22,7 @@ import sys
 import time
 from pathlib import Path
 
-from . import RUNS_DIR, images, instances, jobs, resolve
+from . import RUNS_DIR, audit, budget, images, instances, jobs, resolve
 from .jobs import ModeUnavailable
 
 MODES = ("local", "host")
@@ -89,6 +89,37 @@ def image_for(mode, instance_type, gpu, cpu):
     ``image_uris.retrieve`` does not know (TF 2.21 training, TF Serving 2.20)."""
     use_gpu = mode == "host" and instances.gpus(instance_type, region()) > 0
     return images.uri(gpu if use_gpu else cpu, region())
+
+
+def tags_for(notebook):
+    """The workshop's tags (audit.tags_for) as v3's Tag objects, for ModelTrainer and the
+    Model, EndpointConfig and Endpoint resources, so 4.1's and 5.0's audit finds them."""
+    from sagemaker.core.shapes import Tag
+
+    return [Tag(key=tag["Key"], value=tag["Value"]) for tag in audit.tags_for(notebook)]
+
+
+def check_budget(mode, instance_type, instance_count, max_run, spot, max_cost_usd):
+    """host: the budget guard before a v3 training job is created (worst case, price, quota;
+    raises over MAX_COST_USD); local: nothing is billed."""
+    if mode != "host":
+        print(f"MODE={mode!r}: containers on this machine, nothing is billed")
+        return None
+    import boto3
+
+    session = boto3.Session()
+    return budget.check_training_job(instance_type, instance_count, max_run, spot,
+                                     session.region_name, max_cost_usd, session)
+
+
+def score_endpoint(endpoint, data_dir, count=16):
+    """Send ``count`` eval images to a v3 Endpoint; the share it classifies right."""
+    images, labels = eval_images(data_dir, count=count)
+    response = endpoint.invoke(body=json.dumps({"instances": images.tolist()}),
+                               content_type="application/json")
+    predictions = json.loads(response.body.read())["predictions"]
+    return float(sum(p["class_id"] == int(label) for p, label in zip(predictions, labels))
+                 / len(labels))
 
 
 def image_instance_type(mode, instance_type):
