@@ -84,6 +84,8 @@ def test_1_1_trains_in_the_kernel_above_chance(tmp_path, cifar_data_dir):
                and run["eval_accuracy"] == result["eval_accuracy"]
                for run in compare_runs.load_runs())  # recorded for 5.0
     assert pictures(notebook) >= 4  # samples, curves, confusion matrix, predictions
+    text = "".join(o.get("text", "") for c in notebook.cells for o in c.get("outputs", []))
+    assert "keras.layers.Conv2D(" in text and ".map(" in text  # the model and pipeline, shown
 
 
 @pytest.mark.parametrize("number", ["1.2", "2.1"])

@@ -207,6 +207,10 @@ def test_v3_requests_pass_in_its_venv_and_differ_from_v2s_as_stated(moto_server,
     assert v3_channels - v2_channels == {"code", "sm_drivers"}  # v2: sourcedir.tar.gz in an HP
     assert set(v2) - set(v3) == {"ProfilerConfig", "DebugHookConfig"}  # v3: no profiler
     assert set(v3) - set(v2) == set()
+    # Both carry the workshop's tags (4.1's audit finds either); each names its own notebook.
+    assert [tag["Key"] for tag in v3["Tags"]] == [tag["Key"] for tag in v2["Tags"]]
+    assert {"Key": "workshop-notebook", "Value": "1.2"} in v2["Tags"]
+    assert {"Key": "workshop-notebook", "Value": "6.0"} in v3["Tags"]
     assert set(v2["AlgorithmSpecification"]) ^ set(v3["AlgorithmSpecification"]) == {
         "EnableSageMakerMetricsTimeSeries", "ContainerEntrypoint", "ContainerArguments"}
     assert v2["OutputDataConfig"] == {"S3OutputPath": f"s3://{BUCKET}/"}

@@ -27,17 +27,13 @@ def data_dir():
 
 
 def test_train_tf_runs_unchanged_under_v3s_driver(data_dir):
-    from sagemaker.core import image_uris
     from sagemaker.core.training.configs import Compute, InputData, SourceCode
     from sagemaker.train.model_trainer import Mode, ModelTrainer
 
     entry = entry_point("train_tf.py")
     trainer = ModelTrainer(
         training_mode=Mode.LOCAL_CONTAINER,
-        training_image=image_uris.retrieve(
-            "tensorflow", region=sdk3.region(), version=entry.framework_version,
-            py_version=entry.py_version, instance_type=sdk3.image_instance_type("local", ""),
-            image_scope="training"),
+        training_image=sdk3.image_for("local", "", *entry.image_tags),  # 2.21: by its tag
         source_code=SourceCode(source_dir=str(PHASE0_DIR / "src"), entry_script=entry.script),
         compute=Compute(instance_type=sdk3.instance_type_for("local", ""), instance_count=1),
         hyperparameters=HYPERPARAMETERS,
