@@ -74,6 +74,8 @@ def image_uri(framework_version, py_version):
 
 IMAGES = training_images()
 INFERENCE_IMAGES = inference_images()
+# The learner's set-up path (tests/test_notebook_instance.py): {name: (kernel Python, tag)}.
+NOTEBOOK_INSTANCE_IMAGES = {"notebook-instance": ("3.10", "workshop/notebook-instance:standin")}
 STANDIN = ROOT / "code" / "phase0" / "workshop" / "tfs_standin.py"
 
 
@@ -182,9 +184,56 @@ def build_inference(name, base_id):
     return tag, time.monotonic() - started, "built"
 
 
+def copy_python(python, dest):
+    """A pyenv interpreter without the packages installed into it here (venv and pip bring
+    their own through ensurepip)."""
+    shutil.copytree(python, dest, symlinks=True,
+                    ignore=shutil.ignore_patterns("site-packages", "_sandboxing_*", "__pycache__"))
+    for site in python.glob("lib/python3.*/site-packages"):
+        (dest / site.relative_to(python)).mkdir()
+
+
+def build_notebook_instance(name, base_id):
+    """The stand-in notebook instance: a Python that is not 3.11 as its conda_python3 kernel,
+    and python3.11 where Amazon Linux 2023's package puts it."""
+    minor, tag = NOTEBOOK_INSTANCE_IMAGES[name]
+    kernel_python, python311 = find_python(minor), find_python("3.11")
+    requirements = HERE / f"{name}.txt"
+    dockerfile = HERE / "Dockerfile.notebook-instance"
+    digest = hashlib.sha256()
+    for part in (dockerfile.read_bytes(), requirements.read_bytes(), kernel_python.name.encode(),
+                 python311.name.encode(), base_id.encode()):
+        digest.update(part)
+    wanted = digest.hexdigest()[:16]
+    have = docker_output("image", "inspect", "--format",
+                         "{{index .Config.Labels \"%s\"}}" % FINGERPRINT_LABEL, tag)
+    if have == wanted:
+        return tag, 0.0, "up to date"
+    started = time.monotonic()
+    context = BUILD / name
+    shutil.rmtree(context, ignore_errors=True)
+    (context / "wheels").mkdir(parents=True)
+    try:
+        run([kernel_python / "bin" / "python3", "-m", "pip", "wheel", "-q", "--wheel-dir",
+             context / "wheels", "-r", requirements])
+        shutil.copy(dockerfile, context / "Dockerfile")
+        shutil.copy(requirements, context / "requirements.txt")
+        copy_python(kernel_python, context / "kernel-python")
+        copy_python(python311, context / "python3.11")
+        run(["docker", "build", "--network", "host", "--tag", tag,
+             "--label", f"{FINGERPRINT_LABEL}={wanted}",
+             "--build-arg", f"KERNEL_PYTHON={kernel_python.name}",
+             "--build-arg", f"PYTHON311={python311.name}", context])
+    finally:
+        shutil.rmtree(context, ignore_errors=True)
+    return tag, time.monotonic() - started, "built"
+
+
 def build(name, base_id):
     if name in INFERENCE_IMAGES:
         return build_inference(name, base_id)
+    if name in NOTEBOOK_INSTANCE_IMAGES:
+        return build_notebook_instance(name, base_id)
     framework_version, py_version, minor, horovod, tag = IMAGES[name]
     python = find_python(minor)
     wanted = fingerprint(name, python, horovod, base_id)
@@ -211,7 +260,7 @@ def build_order(names):
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    names = sorted({**IMAGES, **INFERENCE_IMAGES})
+    names = sorted({**IMAGES, **INFERENCE_IMAGES, **NOTEBOOK_INSTANCE_IMAGES})
     parser.add_argument("--only", nargs="*", choices=names, default=names)
     args = parser.parse_args(argv)
     started = time.monotonic()

@@ -9,17 +9,7 @@ import os
 import platform
 import subprocess
 import sys
-
-from . import PHASE0_DIR
-
-REQUIREMENTS = PHASE0_DIR.parent.parent / "requirements.txt"
-
-
-def install_requirements(requirements=REQUIREMENTS):
-    """pip-install the workshop's pinned requirements into this kernel's Python."""
-    command = [sys.executable, "-m", "pip", "install", "-q", "-r", str(requirements)]
-    print("$", " ".join(command), flush=True)
-    subprocess.run(command, check=True)
+from pathlib import Path
 
 
 def version(package):
@@ -81,8 +71,22 @@ def aws_facts():
     return session.region_name, session.get_credentials() is not None
 
 
-def report():
-    """Everything above in one dict, plus which MODEs work here."""
+def horovod_fix():
+    """How to get Horovod for process mode on this machine."""
+    if where_am_i() == "SageMaker notebook instance":
+        return "run 0.0 again with INSTALL_HOROVOD = True"
+    return "`make setup` (Debian/Ubuntu), or 0.0 with INSTALL_HOROVOD = True"
+
+
+def report(python=None):
+    """Everything above in one dict, plus which MODEs work here; for the kernel of ``python``
+    (0.0 reports on the workshop's kernel, which need not be the one it runs in)."""
+    if python and Path(python).absolute() != Path(sys.executable).absolute():
+        out = subprocess.run([str(python), "-m", "workshop.environment"], capture_output=True,
+                             text=True)
+        if out.returncode != 0:
+            raise RuntimeError(f"{python} -m workshop.environment failed:\n{out.stderr[-2000:]}")
+        return json.loads(out.stdout.splitlines()[-1])
     facts = {"python": platform.python_version(), **tensorflow_facts(),
              "sagemaker_sdk": version("sagemaker"), "where": where_am_i()}
     facts["horovod"], horovod_problem = horovod_status()
@@ -92,7 +96,7 @@ def report():
     facts["modes"] = {
         "process": "yes" if facts["tensorflow"] else "no: TensorFlow is not installed",
         "process (Horovod/SMDDP notebooks)": "yes" if facts["horovod"] else
-            f"no: Horovod unavailable ({horovod_problem}); run `make setup`",
+            f"no: Horovod unavailable ({horovod_problem}); {horovod_fix()}",
         "local": "yes" if local_ok else f"no: {local_problem}",
         "host": "yes" if host_ok else f"no: {host_problem}",
     }
@@ -106,3 +110,7 @@ def print_report(facts):
     print("\nMODEs on this machine:")
     for mode, verdict in facts["modes"].items():
         print(f"  {mode:<34} {verdict}")
+
+
+if __name__ == "__main__":  # what report(python) reads from another kernel's Python
+    print(json.dumps(report()))

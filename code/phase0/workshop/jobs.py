@@ -274,10 +274,13 @@ def data_channels(mode, data_dir=DEFAULT_DATA_DIR):
 # ------------------------------------------------------------------------------- running
 
 
-def check_mode_available(mode, role=None):
-    """Raise ModeUnavailable naming what this machine lacks for ``mode``."""
+def check_mode_available(mode, role=None, horovod=False):
+    """Raise ModeUnavailable naming what this machine lacks for ``mode``; ``horovod``: the
+    notebook's entry point runs under mpirun with Horovod (1.5, 2.2, 3.1)."""
     check_mode(mode)
-    if mode == "local":
+    if mode == "process" and horovod:
+        check_horovod()
+    elif mode == "local":
         check_docker()
     elif mode == "host":
         check_aws(role)
@@ -294,6 +297,22 @@ def check_docker():
             or command_succeeds(["docker-compose", "version"])):
         raise ModeUnavailable("MODE='local' needs docker compose (the SDK starts the training "
                               "containers with it): install the compose plugin. " + fix)
+
+
+def check_horovod():
+    """Process mode runs the Horovod ranks in this kernel's Python, started by mpirun."""
+    from .environment import horovod_fix, horovod_status
+
+    others = "or use MODE='local' (Docker; the 2.12 image has Horovod) or MODE='host'"
+    version, problem = horovod_status()
+    if version is None:
+        raise ModeUnavailable(f"MODE='process' runs this notebook's Horovod ranks in this "
+                              f"kernel, which has no Horovod ({problem}): {horovod_fix()}, "
+                              f"{others}.")
+    if not shutil.which("mpirun"):
+        raise ModeUnavailable(f"MODE='process' starts the Horovod ranks with Open MPI's mpirun, "
+                              f"which this machine lacks: install Open MPI (Debian/Ubuntu: "
+                              f"`apt-get install openmpi-bin`), {others}.")
 
 
 def check_aws(role):

@@ -9,12 +9,13 @@ import time
 from . import SRC_DIR, entry_points, jobs, resolve, sdk
 
 
-def start(mode, data_dir, role_arn=""):
+def start(mode, data_dir, role_arn="", horovod=False):
     """Check that this kernel has SageMaker SDK v2 (sdk.WrongSDK names the kernel to pick) and
-    that MODE can run here (ModeUnavailable says what is missing); the data folder."""
+    that MODE can run here (ModeUnavailable says what is missing; ``horovod``: the notebook's
+    ranks need Horovod in process mode); the data folder."""
     sdk.require(2)
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "1")  # hide TF start-up notices, here and in jobs
-    jobs.check_mode_available(mode, role=role_arn or None)
+    jobs.check_mode_available(mode, role=role_arn or None, horovod=horovod)
     return resolve(data_dir)
 
 

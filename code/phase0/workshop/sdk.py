@@ -33,7 +33,8 @@ def require(major, missing_ok=False):
     if found == major or (found is None and missing_ok):
         return found
     kernel, display_name, requirements = KERNELS[major]
-    pick = (f"Pick the kernel \"{display_name}\" ({kernel}; `make setup` installs it), or "
+    built_by = {2: "notebook 0.0 builds it, `make setup` too", 3: "`make setup` builds it"}[major]
+    pick = (f"Pick the kernel \"{display_name}\" ({kernel}; {built_by}), or "
             f"install {requirements} into a fresh environment")
     if found is None:
         raise WrongSDK(f"This notebook needs the SageMaker Python SDK v{major}, and this kernel "

@@ -1,0 +1,209 @@
+"""Notebook 0.0's set-up where there is no make (a SageMaker notebook instance): a Python 3.11
+environment with the workshop's pinned packages, kept where the machine keeps files, registered
+as the Jupyter kernel every v2 notebook names.
+
+A notebook instance keeps only /home/ec2-user/SageMaker across a stop and start; its conda
+kernels are reset, so the environment lives on that volume and is never the kernel 0.0 runs in.
+The lifecycle script ``notebook-instance/on-start.sh`` registers the kernel again after a start.
+Imports only the standard library: it runs in whatever kernel a learner opens 0.0 with.
+"""
+
+import hashlib
+import os
+import re
+import shutil
+import subprocess
+import sys
+from importlib import metadata
+from pathlib import Path
+
+from . import PHASE0_DIR
+from .files import write_atomic
+from .sdk import KERNELS
+
+REPO = PHASE0_DIR.parent.parent
+REQUIREMENTS = REPO / "requirements.txt"
+CONSTRAINTS = REPO / "constraints.txt"
+KERNEL, KERNEL_DISPLAY_NAME, _ = KERNELS[2]
+KEPT_VOLUME = Path("/home/ec2-user/SageMaker")  # what a notebook instance keeps across restarts
+# constraints.txt was resolved on 3.11: TF 2.15.1 has wheels up to 3.11, matplotlib 3.11 needs 3.11.
+PYTHON = (3, 11)
+STAMP = ".workshop-env"  # written last: an environment without it is rebuilt, never trusted
+HOROVOD = "horovod==0.28.1"
+HOROVOD_FLAGS = {"HOROVOD_WITH_TENSORFLOW": "1", "HOROVOD_WITHOUT_PYTORCH": "1",
+                 "HOROVOD_WITHOUT_MXNET": "1", "HOROVOD_WITH_GLOO": "1", "HOROVOD_WITH_MPI": "1"}
+
+
+class SetupProblem(RuntimeError):
+    """Something the environment needs is missing here; the message says how to get it."""
+
+
+def default_env_dir():
+    """On a notebook instance, under the kept volume; elsewhere under the home folder."""
+    base = KEPT_VOLUME if KEPT_VOLUME.is_dir() else Path.home()
+    return base / ".envs" / KERNEL
+
+
+def pinned(requirements=REQUIREMENTS):
+    """{name: version} of the ``name==version`` lines of requirements.txt."""
+    pins = {}
+    for line in requirements.read_text().splitlines():
+        match = re.match(r"^\s*([A-Za-z0-9_.\-]+)(?:\[[^\]]*\])?==([^\s;#]+)", line)
+        if match:
+            pins[match.group(1).lower()] = match.group(2)
+    return pins
+
+
+def kernel_has_the_pins():
+    """True when this kernel's Python already has every pinned package (``make setup``'s kernel,
+    or the environment this module built)."""
+    for name, version in pinned().items():
+        try:
+            if metadata.version(name) != version:
+                return False
+        except metadata.PackageNotFoundError:
+            return False
+    return True
+
+
+def python_version(python):
+    """(major, minor) of an interpreter, or None when it does not run."""
+    try:
+        out = subprocess.run([str(python), "-c", "import sys; print(*sys.version_info[:2])"],
+                             capture_output=True, text=True, timeout=60)
+    except OSError:
+        return None
+    return tuple(int(n) for n in out.stdout.split()) if out.returncode == 0 else None
+
+
+def find_python(base_python=""):
+    """A Python 3.11 to build on: ``base_python``, else this kernel's, else python3.11 on PATH."""
+    wanted = ".".join(map(str, PYTHON))
+    if base_python:
+        found = python_version(base_python)
+        if found == PYTHON:
+            return str(base_python)
+        raise SetupProblem(f"BASE_PYTHON={base_python!r} is Python "
+                           f"{'.'.join(map(str, found)) if found else '(does not run)'}; the "
+                           f"workshop's pinned packages need Python {wanted}.")
+    candidates = [sys.executable, shutil.which(f"python{wanted}")]
+    for python in filter(None, candidates):
+        if python_version(python) == PYTHON:
+            return python
+    here = "this kernel's Python is " + ".".join(map(str, sys.version_info[:2]))
+    raise SetupProblem(
+        f"The workshop's environment needs Python {wanted} ({here}, and there is no "
+        f"python{wanted} on PATH). On a SageMaker notebook instance (Amazon Linux 2023): open a "
+        f"terminal and run `sudo dnf install -y python{wanted}`, or attach the lifecycle "
+        f"configuration notebook-instance/on-start.sh, which installs it at every start. On "
+        f"Debian or Ubuntu: `sudo apt-get install python{wanted} python{wanted}-venv`. Or set "
+        f"BASE_PYTHON to the path of a Python {wanted}. Then run this cell again.")
+
+
+def fingerprint():
+    """Of what the environment is built from: a change to either file updates it."""
+    digest = hashlib.sha256()
+    for path in (REQUIREMENTS, CONSTRAINTS):
+        digest.update(path.read_bytes())
+    return digest.hexdigest()[:16]
+
+
+def run_streamed(command, env=None):
+    """Run ``command``, printing its output line by line as it comes (pip's progress)."""
+    print("$", " ".join(str(c) for c in command), flush=True)
+    process = subprocess.Popen([str(c) for c in command], stdout=subprocess.PIPE,
+                               stderr=subprocess.STDOUT, text=True, env=env)
+    for line in process.stdout:
+        print(line, end="", flush=True)
+    if process.wait() != 0:
+        raise subprocess.CalledProcessError(process.returncode, command)
+
+
+def env_python(env_dir):
+    return Path(env_dir) / "bin" / "python"
+
+
+def register_kernel(python):
+    """The kernel every v2 notebook names, for this user (what Jupyter on the instance lists)."""
+    run_streamed([python, "-m", "ipykernel", "install", "--user", "--name", KERNEL,
+                  "--display-name", KERNEL_DISPLAY_NAME])
+
+
+def create(env_dir="", base_python=""):
+    """Build (or bring up to date) the environment at ``env_dir`` and register its kernel.
+    Returns the environment's Python. A run that fails leaves no stamp, so the next run
+    installs again (pip finishes what an interrupted install left)."""
+    env_dir = Path(env_dir).expanduser() if env_dir else default_env_dir()
+    python = env_python(env_dir)
+    version = python_version(python) if python.exists() else None
+    stamp = env_dir / STAMP
+    wanted = fingerprint()
+    if version == PYTHON and stamp.exists() and stamp.read_text().strip() == wanted:
+        print(f"{env_dir}: up to date (Python {'.'.join(map(str, PYTHON))}, pinned packages)")
+    else:
+        if version != PYTHON:  # missing, or built on a Python that is gone or wrong
+            shutil.rmtree(env_dir, ignore_errors=True)
+            run_streamed([find_python(base_python), "-m", "venv", env_dir])
+        stamp.unlink(missing_ok=True)
+        run_streamed([python, "-m", "pip", "install", "--no-compile", "-r", REQUIREMENTS,
+                      "-c", CONSTRAINTS])
+        # `import workshop` from any working directory (papermill, pytest), as make setup does
+        site = subprocess.run([str(python), "-c", "import sysconfig; "
+                               "print(sysconfig.get_paths()['purelib'])"],
+                              capture_output=True, text=True, check=True).stdout.strip()
+        write_atomic(Path(site) / "cifar_workshop.pth", f"{PHASE0_DIR}\n")
+        write_atomic(stamp, wanted + "\n")
+    register_kernel(python)
+    return str(python)
+
+
+def add_horovod(python):
+    """Build Horovod into the environment of ``python`` for process mode's Horovod notebooks
+    (1.5, 2.2, 3.1): it compiles against TensorFlow and Open MPI, so it needs both here."""
+    bin_dir = Path(python).parent
+    needs = {"mpicxx": "Open MPI with its compiler wrappers (mpicxx, mpirun)",
+             "mpirun": "Open MPI's mpirun", "g++": "a C++ compiler (g++)"}
+    missing = [what for tool, what in needs.items() if not shutil.which(tool)]
+    if missing:
+        raise SetupProblem(
+            "Building Horovod needs " + ", ".join(missing) + ", which this machine lacks. "
+            "Install them with the system's package manager (Debian/Ubuntu: `sudo apt-get "
+            "install libopenmpi-dev openmpi-bin g++`), or skip Horovod: notebooks 1.5, 2.2 and "
+            "3.1 run in MODE='local' (Docker, the 2.12 image has Horovod) or MODE='host'.")
+    run_streamed([python, "-m", "pip", "install", "-c", CONSTRAINTS, "cmake"])
+    env = {**os.environ, **HOROVOD_FLAGS, "MAKEFLAGS": "-j2",
+           "PATH": f"{bin_dir}{os.pathsep}{os.environ.get('PATH', '')}"}
+    run_streamed([python, "-m", "pip", "install", "--no-build-isolation", HOROVOD], env=env)
+
+
+def set_up(env_dir="", base_python="", horovod=False):
+    """0.0's install step: nothing when this kernel already is a workshop environment, else the
+    environment at ``env_dir`` (see create). Returns the Python of the workshop's kernel."""
+    if kernel_has_the_pins():
+        print(f"This kernel ({sys.prefix}) already has the workshop's pinned packages: "
+              "nothing to install.")
+        python = sys.executable
+    else:
+        python = create(env_dir, base_python)
+    if horovod and not python_imports(python, "horovod.tensorflow"):
+        add_horovod(python)
+    return python
+
+
+def python_imports(python, module):
+    return subprocess.run([str(python), "-c", f"import {module}"],
+                          capture_output=True).returncode == 0
+
+
+def main(argv=None):
+    """``python -m workshop.kernel_env register``: the lifecycle script's call, after a start."""
+    import argparse
+
+    parser = argparse.ArgumentParser(description=main.__doc__)
+    parser.add_argument("command", choices=["register"])
+    parser.parse_args(argv)
+    register_kernel(sys.executable)
+
+
+if __name__ == "__main__":
+    main()
