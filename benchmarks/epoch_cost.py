@@ -13,7 +13,13 @@ epoch log lines, as they arrive:
   start-up s   from the job's start to the end of epoch 1, less epoch 1 at the measured pace
   s/epoch      s/step x the steps of 40,000 training images at that batch size and process count,
                plus val s: what a real CIFAR-10 epoch would take here
-  min for EPOCHS  (start-up + EPOCHS x s/epoch) / 60, and whether that fits in MAX_RUN
+  min for EPOCHS  (start-up + EPOCHS x s/epoch) / 60, and whether that fits in MAX_RUN and in
+               the 10 minutes a notebook's defaults should take here. EPOCHS = None in a
+               parameters cell means the notebook's own line for process mode
+               (``EPOCHS = 20 if MODE == "host" else 3``): this machine runs process mode.
+
+The last line is ``RESULT {json}``: each notebook's minutes, EPOCHS and s/epoch, and the most
+minutes any notebook's defaults take.
 
 1.1 trains in the notebook's kernel with the same model.fit loop as train_keras.py: its row runs
 train_keras.py and has no MAX_RUN. On a shared machine the figures vary with the load.
@@ -21,6 +27,7 @@ train_keras.py and has no MAX_RUN. On a shared machine the figures vary with the
 
 import argparse
 import ast
+import json
 import os
 import re
 import sys
@@ -68,6 +75,21 @@ def notebook_defaults(notebook):
     return values
 
 
+def process_mode_epochs(notebook, defaults):
+    """EPOCHS as the notebook runs it in process mode: the literal, or for None the value its
+    own code cell picks when MODE is not "host"."""
+    if defaults["EPOCHS"] is not None:
+        return int(defaults["EPOCHS"])
+    import nbformat
+
+    book = nbformat.read(PHASE0_DIR / f"{notebook}.ipynb", as_version=4)
+    source = "\n".join(c.source for c in book.cells if c.cell_type == "code")
+    match = re.search(r'EPOCHS = \d+ if MODE == "host" else (\d+)', source)
+    if not match:
+        raise SystemExit(f"{notebook}: EPOCHS = None, but no per-mode EPOCHS line found")
+    return int(match.group(1))
+
+
 class EpochClock:
     """Log hook: (seconds into the job, parsed epoch line) of every epoch line."""
 
@@ -99,7 +121,8 @@ def measure(notebook, entry_point, distribution, data_dir, runs, epochs, train_i
     validation = rest * VALIDATION_IMAGES / validation_images
     startup = max(first_at - step_seconds * steps - rest, 0.0)
     epoch_seconds = step_seconds * -(-TRAIN_IMAGES // processes // batch) + validation
-    total = startup + int(defaults["EPOCHS"]) * epoch_seconds
+    epochs_here = process_mode_epochs(notebook, defaults)
+    total = startup + epochs_here * epoch_seconds
     max_run = defaults.get("MAX_RUN")
     if max_run is None:
         fits = "-"
@@ -109,8 +132,8 @@ def measure(notebook, entry_point, distribution, data_dir, runs, epochs, train_i
     return {"notebook": notebook[:3],
             "entry point": entry_point, "procs": processes, "batch": batch,
             "s/step": step_seconds, "val s": validation, "start-up s": startup,
-            "s/epoch": epoch_seconds, "EPOCHS": int(defaults["EPOCHS"]), "min": total / 60,
-            "MAX_RUN": max_run, "fits": fits}
+            "s/epoch": epoch_seconds, "EPOCHS": epochs_here, "min": total / 60,
+            "MAX_RUN": max_run, "fits": fits, "<= 10 min": "yes" if total <= 600 else "no"}
 
 
 def main():
@@ -134,12 +157,18 @@ def main():
     load = ", ".join(f"{value:.1f}" for value in os.getloadavg())
     print(f"load average at the end (1, 5, 15 min): {load} on {os.cpu_count()} CPUs; "
           f"other work on the machine slows every figure above")
+    per_notebook = {row["notebook"]: {"minutes": round(row["min"], 1), "epochs": row["EPOCHS"],
+                                      "seconds_per_epoch": round(row["s/epoch"], 1)}
+                    for row in rows}
+    print("RESULT " + json.dumps({"notebooks": per_notebook, "max_minutes": max(
+        (row["min"] for row in rows), default=None)}))
 
 
 COLUMNS = [("notebook", "{}", 8), ("entry point", "{}", 23), ("procs", "{}", 5),
            ("batch", "{}", 5), ("s/step", "{:.3f}", 7), ("val s", "{:.1f}", 6),
            ("start-up s", "{:.0f}", 10), ("s/epoch", "{:.0f}", 7), ("EPOCHS", "{}", 6),
-           ("min", "{:.0f}", 5), ("MAX_RUN", "{}", 7), ("fits", "{}", 4)]
+           ("min", "{:.1f}", 5), ("MAX_RUN", "{}", 7), ("fits", "{}", 4),
+           ("<= 10 min", "{}", 9)]
 
 
 def print_row(row, header=False):

@@ -68,3 +68,37 @@ def test_horovod_opt_in_names_what_is_missing_before_building(monkeypatch, tmp_p
         assert "Open MPI" in str(err) and "g++" in str(err) and "MODE='local'" in str(err)
     else:
         raise AssertionError("Horovod's build started without a compiler or MPI")
+
+
+def test_0_0_never_deletes_a_folder_that_is_not_its_environment(tmp_path):
+    from workshop import kernel_env
+
+    mine = tmp_path / "notes"
+    mine.mkdir()
+    (mine / "thesis.txt").write_text("not a venv")
+    try:
+        kernel_env.create(mine)
+    except kernel_env.SetupProblem as err:
+        assert "not a Python environment" in str(err)
+    else:
+        raise AssertionError("a folder that is not a venv was taken as ENV_DIR")
+    assert (mine / "thesis.txt").read_text() == "not a venv"
+
+
+def test_0_0_after_a_restart_asks_for_the_base_python_instead_of_rebuilding(tmp_path):
+    """A notebook instance's root volume is new after a start: the venv on the kept volume
+    points at a python3.11 that is gone until it is installed again."""
+    from workshop import kernel_env
+
+    env = tmp_path / "cifar-workshop"
+    (env / "bin").mkdir(parents=True)
+    (env / "pyvenv.cfg").write_text("home = /usr/bin-gone\nversion = 3.11.7\n")
+    (env / "bin" / "python").symlink_to("/usr/bin-gone/python3.11")
+    (env / kernel_env.STAMP).write_text(kernel_env.fingerprint() + "\n")
+    try:
+        kernel_env.create(env)
+    except kernel_env.SetupProblem as err:
+        assert "/usr/bin-gone" in str(err) and "sudo dnf install -y python3.11" in str(err)
+    else:
+        raise AssertionError("an environment whose Python is gone was not reported")
+    assert (env / kernel_env.STAMP).exists()  # nothing deleted: reinstalling Python revives it

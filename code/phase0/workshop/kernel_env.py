@@ -129,19 +129,41 @@ def register_kernel(python):
                   "--display-name", KERNEL_DISPLAY_NAME])
 
 
+def check_env_dir(env_dir):
+    """The Python version of the venv at ``env_dir`` (None: no venv there yet). Refuses, and
+    changes nothing, where a rebuild would delete what is not ours or what a reinstall of the
+    base Python brings back."""
+    config = env_dir / "pyvenv.cfg"
+    if not config.exists():
+        if env_dir.exists() and any(env_dir.iterdir()):
+            raise SetupProblem(f"ENV_DIR {env_dir} exists and is not a Python environment: "
+                               f"name a new or empty folder. Nothing was changed.")
+        return None
+    version = python_version(env_python(env_dir))
+    if version is None:
+        home = re.search(r"^home\s*=\s*(.+)$", config.read_text(), re.M)
+        raise SetupProblem(
+            f"The environment at {env_dir} was built on the Python in "
+            f"{home.group(1) if home else 'a folder'}, which no longer runs (a notebook "
+            f"instance's root volume is new after each start). Install it again (`sudo dnf "
+            f"install -y python3.11`, or attach notebook-instance/on-start.sh, which does it at "
+            f"every start) and run this cell again; or delete {env_dir} to build anew.")
+    return version
+
+
 def create(env_dir="", base_python=""):
     """Build (or bring up to date) the environment at ``env_dir`` and register its kernel.
     Returns the environment's Python. A run that fails leaves no stamp, so the next run
     installs again (pip finishes what an interrupted install left)."""
     env_dir = Path(env_dir).expanduser() if env_dir else default_env_dir()
     python = env_python(env_dir)
-    version = python_version(python) if python.exists() else None
+    version = check_env_dir(env_dir)
     stamp = env_dir / STAMP
     wanted = fingerprint()
     if version == PYTHON and stamp.exists() and stamp.read_text().strip() == wanted:
         print(f"{env_dir}: up to date (Python {'.'.join(map(str, PYTHON))}, pinned packages)")
     else:
-        if version != PYTHON:  # missing, or built on a Python that is gone or wrong
+        if version != PYTHON:  # none yet, or a venv of another Python: build it anew
             shutil.rmtree(env_dir, ignore_errors=True)
             run_streamed([find_python(base_python), "-m", "venv", env_dir])
         stamp.unlink(missing_ok=True)
