@@ -120,44 +120,12 @@ def find_python(minor):
     return found[-1]
 
 
-def fingerprint(name, python, horovod, base_id):
+def build_if_changed(name, tag, parts, fill_context, build_args):
+    """Build ``tag`` from build/images/<name>/ unless the tagged image already carries the
+    fingerprint of ``parts`` (what it is built from); ``fill_context(folder)`` lays out the build
+    folder. Returns (tag, seconds, "built" or "up to date")."""
     digest = hashlib.sha256()
-    for part in ((HERE / "Dockerfile.training").read_bytes(),
-                 (HERE / f"{name}.txt").read_bytes(), python.name.encode(),
-                 str(horovod).encode(), base_id.encode()):
-        digest.update(part)
-    return digest.hexdigest()[:16]
-
-
-def make_context(name, python, horovod):
-    """Dockerfile, requirements, wheelhouse and interpreter in build/images/<name>/."""
-    context = BUILD / name
-    shutil.rmtree(context, ignore_errors=True)
-    wheels = context / "wheels"
-    wheels.mkdir(parents=True)
-    interpreter = python / "bin" / "python3"
-    requirements = HERE / f"{name}.txt"
-    run([interpreter, "-m", "pip", "wheel", "-q", "--use-pep517", "--wheel-dir", wheels,
-         "-r", requirements])
-    if horovod:
-        run([interpreter, "-m", "pip", "download", "-q", "--no-deps", "--no-binary", ":all:",
-             "--dest", wheels, f"horovod=={horovod}"])
-    shutil.copy(HERE / "Dockerfile.training", context / "Dockerfile")
-    shutil.copy(requirements, context / "requirements.txt")
-    # The sandbox's own certificate hook is not part of the interpreter.
-    shutil.copytree(python, context / "python", symlinks=True,
-                    ignore=shutil.ignore_patterns("_sandboxing_*", "__pycache__"))
-    return context
-
-
-def build_inference(name, base_id):
-    """The TF Serving stand-in image: the Debian base, its Python, TensorFlow and the stand-in."""
-    minor, tag = INFERENCE_IMAGES[name]
-    python = find_python(minor)
-    requirements = HERE / f"{name}.txt"
-    digest = hashlib.sha256()
-    for part in ((HERE / "Dockerfile.inference").read_bytes(), requirements.read_bytes(),
-                 STANDIN.read_bytes(), python.name.encode(), base_id.encode()):
+    for part in parts:
         digest.update(part)
     wanted = digest.hexdigest()[:16]
     have = docker_output("image", "inspect", "--format",
@@ -169,28 +137,69 @@ def build_inference(name, base_id):
     shutil.rmtree(context, ignore_errors=True)
     (context / "wheels").mkdir(parents=True)
     try:
-        run([python / "bin" / "python3", "-m", "pip", "wheel", "-q", "--wheel-dir",
-             context / "wheels", "-r", requirements])
-        shutil.copy(HERE / "Dockerfile.inference", context / "Dockerfile")
-        shutil.copy(requirements, context / "requirements.txt")
-        shutil.copy(STANDIN, context / "tfs_standin.py")
-        shutil.copytree(python, context / "python", symlinks=True,
-                        ignore=shutil.ignore_patterns("_sandboxing_*", "__pycache__"))
+        fill_context(context)
+        args = [arg for key, value in build_args.items()
+                for arg in ("--build-arg", f"{key}={value}")]
         run(["docker", "build", "--network", "host", "--tag", tag,
-             "--label", f"{FINGERPRINT_LABEL}={wanted}",
-             "--build-arg", f"PYENV_VERSION={python.name}", context])
+             "--label", f"{FINGERPRINT_LABEL}={wanted}", *args, context])
     finally:
         shutil.rmtree(context, ignore_errors=True)
     return tag, time.monotonic() - started, "built"
 
 
-def copy_python(python, dest):
-    """A pyenv interpreter without the packages installed into it here (venv and pip bring
-    their own through ensurepip)."""
-    shutil.copytree(python, dest, symlinks=True,
-                    ignore=shutil.ignore_patterns("site-packages", "_sandboxing_*", "__pycache__"))
-    for site in python.glob("lib/python3.*/site-packages"):
-        (dest / site.relative_to(python)).mkdir()
+def copy_python(python, dest, packages=True):
+    """A pyenv interpreter; without ``packages``, none of what was pip-installed into it here
+    (a venv brings pip through ensurepip)."""
+    # _sandboxing_*: this sandbox's certificate hook, not part of the interpreter
+    skip = ["_sandboxing_*", "__pycache__"] + ([] if packages else ["site-packages"])
+    shutil.copytree(python, dest, symlinks=True, ignore=shutil.ignore_patterns(*skip))
+    if not packages:
+        for site in python.glob("lib/python3.*/site-packages"):
+            (dest / site.relative_to(python)).mkdir()
+
+
+def wheelhouse(python, requirements, context):
+    run([python / "bin" / "python3", "-m", "pip", "wheel", "-q", "--wheel-dir",
+         context / "wheels", "-r", requirements])
+
+
+def build_training(name, base_id):
+    _, _, minor, horovod, tag = IMAGES[name]
+    python = find_python(minor)
+    requirements = HERE / f"{name}.txt"
+
+    def fill(context):
+        run([python / "bin" / "python3", "-m", "pip", "wheel", "-q", "--use-pep517",
+             "--wheel-dir", context / "wheels", "-r", requirements])
+        if horovod:  # compiled inside the image, against its TensorFlow
+            run([python / "bin" / "python3", "-m", "pip", "download", "-q", "--no-deps",
+                 "--no-binary", ":all:", "--dest", context / "wheels", f"horovod=={horovod}"])
+        shutil.copy(HERE / "Dockerfile.training", context / "Dockerfile")
+        shutil.copy(requirements, context / "requirements.txt")
+        copy_python(python, context / "python")
+
+    parts = ((HERE / "Dockerfile.training").read_bytes(), requirements.read_bytes(),
+             python.name.encode(), str(horovod).encode(), base_id.encode())
+    return build_if_changed(name, tag, parts, fill, {"PYENV_VERSION": python.name,
+                                                     "HOROVOD_VERSION": horovod or ""})
+
+
+def build_inference(name, base_id):
+    """The TF Serving stand-in image: the Debian base, its Python, TensorFlow and the stand-in."""
+    minor, tag = INFERENCE_IMAGES[name]
+    python = find_python(minor)
+    requirements = HERE / f"{name}.txt"
+
+    def fill(context):
+        wheelhouse(python, requirements, context)
+        shutil.copy(HERE / "Dockerfile.inference", context / "Dockerfile")
+        shutil.copy(requirements, context / "requirements.txt")
+        shutil.copy(STANDIN, context / "tfs_standin.py")
+        copy_python(python, context / "python")
+
+    parts = ((HERE / "Dockerfile.inference").read_bytes(), requirements.read_bytes(),
+             STANDIN.read_bytes(), python.name.encode(), base_id.encode())
+    return build_if_changed(name, tag, parts, fill, {"PYENV_VERSION": python.name})
 
 
 def build_notebook_instance(name, base_id):
@@ -200,33 +209,18 @@ def build_notebook_instance(name, base_id):
     kernel_python, python311 = find_python(minor), find_python("3.11")
     requirements = HERE / f"{name}.txt"
     dockerfile = HERE / "Dockerfile.notebook-instance"
-    digest = hashlib.sha256()
-    for part in (dockerfile.read_bytes(), requirements.read_bytes(), kernel_python.name.encode(),
-                 python311.name.encode(), base_id.encode()):
-        digest.update(part)
-    wanted = digest.hexdigest()[:16]
-    have = docker_output("image", "inspect", "--format",
-                         "{{index .Config.Labels \"%s\"}}" % FINGERPRINT_LABEL, tag)
-    if have == wanted:
-        return tag, 0.0, "up to date"
-    started = time.monotonic()
-    context = BUILD / name
-    shutil.rmtree(context, ignore_errors=True)
-    (context / "wheels").mkdir(parents=True)
-    try:
-        run([kernel_python / "bin" / "python3", "-m", "pip", "wheel", "-q", "--wheel-dir",
-             context / "wheels", "-r", requirements])
+
+    def fill(context):
+        wheelhouse(kernel_python, requirements, context)
         shutil.copy(dockerfile, context / "Dockerfile")
         shutil.copy(requirements, context / "requirements.txt")
-        copy_python(kernel_python, context / "kernel-python")
-        copy_python(python311, context / "python3.11")
-        run(["docker", "build", "--network", "host", "--tag", tag,
-             "--label", f"{FINGERPRINT_LABEL}={wanted}",
-             "--build-arg", f"KERNEL_PYTHON={kernel_python.name}",
-             "--build-arg", f"PYTHON311={python311.name}", context])
-    finally:
-        shutil.rmtree(context, ignore_errors=True)
-    return tag, time.monotonic() - started, "built"
+        copy_python(kernel_python, context / "kernel-python", packages=False)
+        copy_python(python311, context / "python3.11", packages=False)
+
+    parts = (dockerfile.read_bytes(), requirements.read_bytes(), kernel_python.name.encode(),
+             python311.name.encode(), base_id.encode())
+    return build_if_changed(name, tag, parts, fill, {"KERNEL_PYTHON": kernel_python.name,
+                                                     "PYTHON311": python311.name})
 
 
 def build(name, base_id):
@@ -234,23 +228,7 @@ def build(name, base_id):
         return build_inference(name, base_id)
     if name in NOTEBOOK_INSTANCE_IMAGES:
         return build_notebook_instance(name, base_id)
-    framework_version, py_version, minor, horovod, tag = IMAGES[name]
-    python = find_python(minor)
-    wanted = fingerprint(name, python, horovod, base_id)
-    have = docker_output("image", "inspect", "--format",
-                         "{{index .Config.Labels \"%s\"}}" % FINGERPRINT_LABEL, tag)
-    if have == wanted:
-        return tag, 0.0, "up to date"
-    started = time.monotonic()
-    context = make_context(name, python, horovod)
-    try:
-        run(["docker", "build", "--network", "host", "--tag", tag,
-             "--label", f"{FINGERPRINT_LABEL}={wanted}",
-             "--build-arg", f"PYENV_VERSION={python.name}",
-             "--build-arg", f"HOROVOD_VERSION={horovod or ''}", context])
-    finally:
-        shutil.rmtree(context, ignore_errors=True)
-    return tag, time.monotonic() - started, "built"
+    return build_training(name, base_id)
 
 
 def build_order(names):
