@@ -5,10 +5,12 @@ ipykernel and papermill, python3.11 where Amazon Linux 2023's package puts it; n
 no compiler, no Open MPI.
 
 First start: papermill runs 0.0 in conda_python3 (it builds the workshop's environment on the
-kept volume, with pip from the package index, and registers the kernel), then 1.0 (fixture data
+kept volume, with pip from the package index, and registers the kernel; with INSTALL_SDK3 also
+6.0's SDK v3 environment and kernel), then 1.0 (fixture data
 served on loopback), 1.1 and 1.2 in process mode, each in the kernel its committed metadata
 names; 1.5 in process mode stops first and names the modes that work. Second start (a new
-container, the same kept volume): no kernel until the lifecycle script runs, then 0.0 runs in it.
+container, the same kept volume): no kernel until the lifecycle script runs, then 0.0 runs in
+it, and 6.0's kernel is listed again too.
 """
 
 import json
@@ -103,7 +105,7 @@ def first_start(tmp_path_factory, sdk_offline, cifar_url, cifar_archive):  # noq
     aws_config = readable_copy(sdk_offline, tmp_path_factory)
     run = docker_run(kept, aws_config, [
         "python3 --version", "command -v make gcc g++ mpirun || true",
-        papermill("0.0", kernel="conda_python3"),
+        papermill("0.0", {"INSTALL_SDK3": True}, kernel="conda_python3"),
         papermill("1.0", data), papermill("1.1", SMALL), papermill("1.2", SMALL),
         papermill("1.5", {**SMALL, "MODE": "process"})])
     assert run.returncode == 0, run.stderr[-3000:]
@@ -127,6 +129,7 @@ def test_0_0_builds_the_environment_on_the_kept_volume_and_registers_its_kernel(
     assert found["modes"]["process"] is True
     assert found["modes"]["process (Horovod/SMDDP notebooks)"] is False
     assert (kept / ".envs" / "cifar-workshop" / ".workshop-env").exists()
+    assert (kept / ".envs" / "cifar-workshop-sdk3" / ".workshop-env").exists()  # INSTALL_SDK3
     log = "\n".join(o.get("text", "") for c in executed(kept, "0.0").cells
                     for o in c.get("outputs", []))
     assert "Downloading tensorflow_cpu-2.15.1" in log  # pip's progress reached the notebook
@@ -158,7 +161,8 @@ def test_after_a_restart_the_lifecycle_script_brings_the_kernel_back(first_start
     before = docker_run(kept, aws_config, [report], timeout=600)
     assert before.returncode == 0 and "0.0-restarted failed" in before.stdout
     assert "No such kernel" in (kept / "out" / "0.0-restarted.log").read_text()
-    (kept / "out" / "report.sh").write_text(report + "\n")
+    kernels = f"jupyter kernelspec list --json > {KEPT}/out/kernels.json"
+    (kept / "out" / "report.sh").write_text(f"{report}\n{kernels}\n")
     after = docker_run(kept, aws_config, [
         f"bash {KEPT}/workshop/notebook-instance/on-start.sh",
         "sudo -u ec2-user env " + " ".join(f'"{name}=${name}"' for name in (
@@ -168,3 +172,6 @@ def test_after_a_restart_the_lifecycle_script_brings_the_kernel_back(first_start
     assert after.returncode == 0, after.stderr[-3000:]
     found = result(kept, "0.0-restarted")
     assert found["kernel_python"] == ENV_PYTHON and found["tensorflow"] == "2.15.1"
+    specs = json.loads((kept / "out" / "kernels.json").read_text())["kernelspecs"]
+    assert specs["cifar-workshop-sdk3"]["spec"]["argv"][0] == \
+        f"{KEPT}/.envs/cifar-workshop-sdk3/bin/python"  # 6.0's kernel is back too

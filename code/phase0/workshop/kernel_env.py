@@ -1,6 +1,7 @@
 """Notebook 0.0's set-up where there is no make (a SageMaker notebook instance): a Python 3.11
 environment with the workshop's pinned packages, kept where the machine keeps files, registered
-as the Jupyter kernel every v2 notebook names.
+as the Jupyter kernel every v2 notebook names (and, on request, the SDK v3 environment and
+kernel that notebook 6.0 names, beside it).
 
 A notebook instance keeps only /home/ec2-user/SageMaker across a stop and start; its conda
 kernels are reset, so the environment lives on that volume and is never the kernel 0.0 runs in.
@@ -22,9 +23,11 @@ from .files import write_atomic
 from .sdk import KERNELS
 
 REPO = PHASE0_DIR.parent.parent
-REQUIREMENTS = REPO / "requirements.txt"
-CONSTRAINTS = REPO / "constraints.txt"
-KERNEL, KERNEL_DISPLAY_NAME, _ = KERNELS[2]
+# What each SageMaker SDK major's environment is built from (as make setup builds .venv and
+# .venv-sdk3); its kernel's name and display name are sdk.KERNELS'.
+SOURCES = {2: (REPO / "requirements.txt", REPO / "constraints.txt"),
+           3: (REPO / "requirements-sdk3.txt", REPO / "constraints-sdk3.txt")}
+KERNEL = KERNELS[2][0]
 KEPT_VOLUME = Path("/home/ec2-user/SageMaker")  # what a notebook instance keeps across restarts
 # constraints.txt was resolved on 3.11: TF 2.15.1 has wheels up to 3.11, matplotlib 3.11 needs 3.11.
 PYTHON = (3, 11)
@@ -38,26 +41,26 @@ class SetupProblem(RuntimeError):
     """Something the environment needs is missing here; the message says how to get it."""
 
 
-def default_env_dir():
+def default_env_dir(major=2):
     """On a notebook instance, under the kept volume; elsewhere under the home folder."""
     base = KEPT_VOLUME if KEPT_VOLUME.is_dir() else Path.home()
-    return base / ".envs" / KERNEL
+    return base / ".envs" / KERNELS[major][0]
 
 
-def pinned(requirements=REQUIREMENTS):
-    """{name: version} of the ``name==version`` lines of requirements.txt."""
+def pinned(major=2):
+    """{name: version} of the ``name==version`` lines of that environment's requirements."""
     pins = {}
-    for line in requirements.read_text().splitlines():
+    for line in SOURCES[major][0].read_text().splitlines():
         match = re.match(r"^\s*([A-Za-z0-9_.\-]+)(?:\[[^\]]*\])?==([^\s;#]+)", line)
         if match:
             pins[match.group(1).lower()] = match.group(2)
     return pins
 
 
-def kernel_has_the_pins():
+def kernel_has_the_pins(major=2):
     """True when this kernel's Python already has every pinned package (``make setup``'s kernel,
     or the environment this module built)."""
-    for name, version in pinned().items():
+    for name, version in pinned(major).items():
         try:
             if metadata.version(name) != version:
                 return False
@@ -100,10 +103,10 @@ def find_python(base_python=""):
         f"BASE_PYTHON to the path of a Python {wanted}. Then run this cell again.")
 
 
-def fingerprint():
+def fingerprint(major=2):
     """Of what the environment is built from: a change to either file updates it."""
     digest = hashlib.sha256()
-    for path in (REQUIREMENTS, CONSTRAINTS):
+    for path in SOURCES[major]:
         digest.update(path.read_bytes())
     return digest.hexdigest()[:16]
 
@@ -123,10 +126,11 @@ def env_python(env_dir):
     return Path(env_dir) / "bin" / "python"
 
 
-def register_kernel(python):
-    """The kernel every v2 notebook names, for this user (what Jupyter on the instance lists)."""
-    run_streamed([python, "-m", "ipykernel", "install", "--user", "--name", KERNEL,
-                  "--display-name", KERNEL_DISPLAY_NAME])
+def register_kernel(python, major=2):
+    """The kernel the notebooks of that SDK major name, for this user (what Jupyter lists)."""
+    name, display_name, _ = KERNELS[major]
+    run_streamed([python, "-m", "ipykernel", "install", "--user", "--name", name,
+                  "--display-name", display_name])
 
 
 def check_env_dir(env_dir):
@@ -151,15 +155,16 @@ def check_env_dir(env_dir):
     return version
 
 
-def create(env_dir="", base_python=""):
-    """Build (or bring up to date) the environment at ``env_dir`` and register its kernel.
-    Returns the environment's Python. A run that fails leaves no stamp, so the next run
+def create(env_dir="", base_python="", major=2):
+    """Build (or bring up to date) the SDK-v<major> environment at ``env_dir`` and register its
+    kernel. Returns the environment's Python. A run that fails leaves no stamp, so the next run
     installs again (pip finishes what an interrupted install left)."""
-    env_dir = Path(env_dir).expanduser() if env_dir else default_env_dir()
+    env_dir = Path(env_dir).expanduser() if env_dir else default_env_dir(major)
     python = env_python(env_dir)
     version = check_env_dir(env_dir)
     stamp = env_dir / STAMP
-    wanted = fingerprint()
+    wanted = fingerprint(major)
+    requirements, constraints = SOURCES[major]
     if version == PYTHON and stamp.exists() and stamp.read_text().strip() == wanted:
         print(f"{env_dir}: up to date (Python {'.'.join(map(str, PYTHON))}, pinned packages)")
     else:
@@ -167,15 +172,15 @@ def create(env_dir="", base_python=""):
             shutil.rmtree(env_dir, ignore_errors=True)
             run_streamed([find_python(base_python), "-m", "venv", env_dir])
         stamp.unlink(missing_ok=True)
-        run_streamed([python, "-m", "pip", "install", "--no-compile", "-r", REQUIREMENTS,
-                      "-c", CONSTRAINTS])
+        run_streamed([python, "-m", "pip", "install", "--no-compile", "-r", requirements,
+                      "-c", constraints])
         # `import workshop` from any working directory (papermill, pytest), as make setup does
         site = subprocess.run([str(python), "-c", "import sysconfig; "
                                "print(sysconfig.get_paths()['purelib'])"],
                               capture_output=True, text=True, check=True).stdout.strip()
         write_atomic(Path(site) / "cifar_workshop.pth", f"{PHASE0_DIR}\n")
         write_atomic(stamp, wanted + "\n")
-    register_kernel(python)
+    register_kernel(python, major)
     return str(python)
 
 
@@ -192,15 +197,19 @@ def add_horovod(python):
             "Install them with the system's package manager (Debian/Ubuntu: `sudo apt-get "
             "install libopenmpi-dev openmpi-bin g++`), or skip Horovod: notebooks 1.5, 2.2 and "
             "3.1 run in MODE='local' (Docker, the 2.12 image has Horovod) or MODE='host'.")
-    run_streamed([python, "-m", "pip", "install", "-c", CONSTRAINTS, "cmake"])
+    run_streamed([python, "-m", "pip", "install", "-c", SOURCES[2][1], "cmake"])
     env = {**os.environ, **HOROVOD_FLAGS, "MAKEFLAGS": "-j2",
            "PATH": f"{bin_dir}{os.pathsep}{os.environ.get('PATH', '')}"}
     run_streamed([python, "-m", "pip", "install", "--no-build-isolation", HOROVOD], env=env)
 
 
-def set_up(env_dir="", base_python="", horovod=False):
+def set_up(env_dir="", base_python="", horovod=False, sdk3=False):
     """0.0's install step: nothing when this kernel already is a workshop environment, else the
-    environment at ``env_dir`` (see create). Returns the Python of the workshop's kernel."""
+    environment at ``env_dir`` (see create); with ``sdk3``, 6.0's beside it. Returns the Python
+    of the workshop's (v2) kernel."""
+    if sdk3:
+        beside = Path(env_dir).expanduser().with_name(KERNELS[3][0]) if env_dir else ""
+        create(beside, base_python, major=3)
     if kernel_has_the_pins():
         print(f"This kernel ({sys.prefix}) already has the workshop's pinned packages: "
               "nothing to install.")
@@ -218,13 +227,16 @@ def python_imports(python, module):
 
 
 def main(argv=None):
-    """``python -m workshop.kernel_env register``: the lifecycle script's call, after a start."""
+    """``python -m workshop.kernel_env register``: the lifecycle script's call after a start, in
+    each environment; the kernel is the one for that environment's SageMaker SDK."""
     import argparse
+
+    from .sdk import installed_major
 
     parser = argparse.ArgumentParser(description=main.__doc__)
     parser.add_argument("command", choices=["register"])
     parser.parse_args(argv)
-    register_kernel(sys.executable)
+    register_kernel(sys.executable, installed_major())
 
 
 if __name__ == "__main__":

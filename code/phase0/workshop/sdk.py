@@ -33,7 +33,8 @@ def require(major, missing_ok=False):
     if found == major or (found is None and missing_ok):
         return found
     kernel, display_name, requirements = KERNELS[major]
-    built_by = {2: "notebook 0.0 builds it, `make setup` too", 3: "`make setup` builds it"}[major]
+    built_by = {2: "notebook 0.0 builds it, `make setup` too",
+                3: "notebook 0.0 builds it with INSTALL_SDK3 = True, `make setup` too"}[major]
     pick = (f"Pick the kernel \"{display_name}\" ({kernel}; {built_by}), or "
             f"install {requirements} into a fresh environment")
     if found is None:
