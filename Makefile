@@ -82,7 +82,7 @@ lint: $(VENV)/.done
 	$(BIN)/ruff check .
 
 test: setup lint local-images
-	$(BIN)/python -m pytest -q -p no:cacheprovider tests
+	$(BIN)/python -m pytest -q -p no:cacheprovider --durations=20 tests
 
 bench: setup
 	$(BIN)/python benchmarks/input_pipeline.py
