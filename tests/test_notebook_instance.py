@@ -114,7 +114,7 @@ def first_start(tmp_path_factory, sdk_offline, cifar_url, cifar_archive):  # noq
 
 def test_the_stand_in_is_a_machine_without_make_or_the_workshops_python(first_start):
     _, stdout, _ = first_start
-    assert stdout.splitlines()[0] == "Python 3.10.13"  # conda_python3's kind, not 3.11
+    assert stdout.splitlines()[0].startswith("Python 3.10.")  # conda_python3's kind, not 3.11
     assert not any(line.endswith(("/make", "/gcc", "/g++", "/mpirun"))
                    for line in stdout.splitlines())
 

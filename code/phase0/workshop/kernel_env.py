@@ -6,7 +6,8 @@ kernel that notebook 6.0 names, beside it).
 A notebook instance keeps only /home/ec2-user/SageMaker across a stop and start; its conda
 kernels are reset, so the environment lives on that volume and is never the kernel 0.0 runs in.
 The lifecycle script ``notebook-instance/on-start.sh`` registers the kernel again after a start.
-Imports only the standard library: it runs in whatever kernel a learner opens 0.0 with.
+Needs nothing beyond the standard library: it runs in whatever kernel a learner opens 0.0
+with.
 """
 
 import hashlib
