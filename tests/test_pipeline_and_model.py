@@ -62,14 +62,47 @@ def test_bad_channels_fail_with_the_channel_name(tmp_path):
         data.make_dataset(tmp_path, 8, training=False, channel="eval")
 
 
+SAMPLE = np.random.default_rng(1).integers(0, 256, (64, 32, 32, 3), dtype=np.uint8)
+
+
 def test_model_takes_raw_uint8_and_normalises_inside():
-    model = cnn.build_model()
+    model = cnn.build_model(SAMPLE, flip_average=False)
     assert model.input.dtype == tf.uint8
     mean_colour = np.round(np.array(cnn.CIFAR10_MEAN) * 255).astype(np.uint8)
     images = np.broadcast_to(mean_colour, (2, 32, 32, 3))
     normalised = tf.keras.Model(model.input, model.layers[2].output)(images)
     assert np.abs(normalised.numpy()).max() < 0.02  # the mean colour maps to ~0
     assert model(images, training=False).shape == (2, 10)
+
+
+def test_first_layer_whitens_the_sample_and_convolutions_start_as_identity(cifar_data_dir):
+    images = data.sample_images(cifar_data_dir / "train", count=500)
+    assert images.shape == (500, 32, 32, 3) and images.dtype == np.uint8
+    model = cnn.build_model(images, flip_average=False)
+    whitening = model.get_layer("whitening")
+    assert not whitening.trainable
+    np.testing.assert_array_equal(whitening.get_weights()[0], cnn.patch_whitening(images))
+    features = tf.keras.Model(model.input, whitening.output)(images).numpy()
+    covariance = np.cov(features.reshape(-1, cnn.WHITENING_FILTERS)[:, :12], rowvar=False)
+    assert np.abs(covariance - np.diag(np.diag(covariance))).max() < 0.05  # decorrelated
+    assert np.diag(covariance).max() < 1.01  # unit variance at most (eps damps the smallest)
+    first_block = [layer for layer in model.layers
+                   if isinstance(layer, tf.keras.layers.Conv2D)][1].get_weights()[0]
+    inputs = first_block.shape[2]
+    np.testing.assert_array_equal(first_block[1, 1, :, :inputs], np.eye(inputs))
+
+
+def test_inference_averages_an_image_and_its_mirror_training_does_not():
+    model = cnn.build_model(SAMPLE)
+    body = model.get_layer("flip_average").body
+    images = SAMPLE[:4]
+    mirrored = images[:, :, ::-1]
+    np.testing.assert_allclose(
+        model(images, training=False),
+        0.5 * (body(images, training=False) + body(mirrored, training=False)), atol=1e-5)
+    np.testing.assert_allclose(model(images, training=False), model(mirrored, training=False),
+                               atol=1e-5)
+    assert not np.allclose(model(images, training=True), model(mirrored, training=True))
 
 
 def test_one_cycle_schedule_warms_up_peaks_and_decays_to_zero():
@@ -93,7 +126,7 @@ def test_saved_model_serves_raw_images_by_name(tmp_path, monkeypatch, has_export
     """
     from cifar import serving
 
-    model = cnn.build_model()
+    model = cnn.build_model(SAMPLE)
     if not has_export:
         monkeypatch.delattr(tf.keras, "export")
     path = serving.save_for_serving(model, str(tmp_path))
@@ -140,7 +173,7 @@ def test_a_checkpoint_that_cannot_be_read_falls_back_to_the_one_before(tmp_path,
     data is incomplete after a spot interruption. Restarting must not fail for ever."""
     from cifar.checkpoints import EpochCheckpoints
 
-    model = cnn.build_model(width=4)
+    model = cnn.build_model(SAMPLE, widths=(4, 4, 4))
     optimizer = cnn.build_optimizer(0.1, total_steps=10, warmup_steps=2, momentum=0.9,
                                     weight_decay=5e-4)
     saver = EpochCheckpoints(str(tmp_path), model, optimizer)
@@ -148,7 +181,8 @@ def test_a_checkpoint_that_cannot_be_read_falls_back_to_the_one_before(tmp_path,
     saver.save(2, [{"epoch": 1}, {"epoch": 2}])
     for data_file in tmp_path.glob("ckpt-2.data-*"):
         data_file.write_bytes(data_file.read_bytes()[:10])  # truncated by an interrupted sync
-    restored = EpochCheckpoints(str(tmp_path), cnn.build_model(width=4), cnn.build_optimizer(
-        0.1, total_steps=10, warmup_steps=2, momentum=0.9, weight_decay=5e-4))
+    restored = EpochCheckpoints(
+        str(tmp_path), cnn.build_model(SAMPLE, widths=(4, 4, 4)),
+        cnn.build_optimizer(0.1, total_steps=10, warmup_steps=2, momentum=0.9, weight_decay=5e-4))
     assert restored.restore() == (1, [{"epoch": 1}])
     assert "ckpt-2 cannot be restored" in capsys.readouterr().out

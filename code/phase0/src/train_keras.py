@@ -28,7 +28,7 @@ evaluation = data.make_dataset(args.eval, args.batch_size, training=False, chann
 train_records = data.count_records(args.train, "train")
 steps = data.steps_per_epoch(train_records, args.batch_size)
 
-model = cnn.build_model()
+model = cnn.build_model(data.sample_images(args.train))
 optimizer = cnn.build_optimizer(args.learning_rate, total_steps=steps * args.epochs,
                                 warmup_steps=steps * args.warmup_epochs,
                                 momentum=args.momentum, weight_decay=args.weight_decay)

@@ -46,7 +46,7 @@ train_records = data.count_records(args.train, "train")
 shard_records = train_records // hvd.size()  # Horovod: records per rank and epoch
 steps = data.steps_per_epoch(train_records, args.batch_size, hvd.size())  # Horovod: per rank
 
-model = cnn.build_model()
+model = cnn.build_model(data.sample_images(args.train))
 peak_lr = args.learning_rate * hvd.size()  # Horovod: size x the batch, size x the learning rate
 optimizer = cnn.build_optimizer(peak_lr, total_steps=steps * args.epochs,  # Horovod: peak_lr
                                 warmup_steps=steps * args.warmup_epochs,

@@ -31,7 +31,7 @@ evaluation = data.make_dataset(args.eval, args.batch_size, training=False, chann
 train_records = data.count_records(args.train, "train")
 steps = data.steps_per_epoch(train_records, args.batch_size)
 
-model = cnn.build_model()
+model = cnn.build_model(data.sample_images(args.train))
 optimizer = cnn.build_optimizer(args.learning_rate, total_steps=steps * args.epochs,
                                 warmup_steps=steps * args.warmup_epochs,
                                 momentum=args.momentum, weight_decay=args.weight_decay)
@@ -43,7 +43,7 @@ accuracy = tf.keras.metrics.SparseCategoricalAccuracy()
 @tf.function
 def train_step(images, labels):
     with tf.GradientTape() as tape:
-        logits = model(images, training=True)  # dropout and batch-norm statistics on
+        logits = model(images, training=True)  # batch statistics, no flip averaging
         loss = tf.reduce_mean(loss_fn(labels, logits))
     gradients = tape.gradient(loss, model.trainable_variables)
     optimizer.apply_gradients(zip(gradients, model.trainable_variables))

@@ -47,7 +47,7 @@ train_records = data.count_records(args.train, "train")
 shard_records = train_records // hvd.size()  # Horovod: records per rank and epoch
 steps = data.steps_per_epoch(train_records, args.batch_size, hvd.size())  # Horovod: per rank
 
-model = cnn.build_model()
+model = cnn.build_model(data.sample_images(args.train))
 peak_lr = args.learning_rate * hvd.size()  # Horovod: size x the batch, size x the learning rate
 optimizer = cnn.build_optimizer(peak_lr, total_steps=steps * args.epochs,  # Horovod: peak_lr
                                 warmup_steps=steps * args.warmup_epochs,
@@ -60,7 +60,7 @@ accuracy = tf.keras.metrics.SparseCategoricalAccuracy()
 @tf.function
 def train_step(images, labels):
     with tf.GradientTape() as tape:
-        logits = model(images, training=True)  # dropout and batch-norm statistics on
+        logits = model(images, training=True)  # batch statistics, no flip averaging
         loss = tf.reduce_mean(loss_fn(labels, logits))
     tape = hvd.DistributedGradientTape(tape)  # Horovod: gradients averaged over ranks (allreduce)
     gradients = tape.gradient(loss, model.trainable_variables)

@@ -61,7 +61,7 @@ evaluation = distributed.mwms_dataset(strategy, evaluation)  # MWMS:
 
 peak_lr = args.learning_rate * replicas  # MWMS: replicas x the batch, x the learning rate
 with strategy.scope():  # MWMS: variables created here are mirrored on every replica
-    model = cnn.build_model()  # MWMS: (in scope)
+    model = cnn.build_model(data.sample_images(args.train))  # MWMS: (in scope)
     optimizer = cnn.build_optimizer(peak_lr, total_steps=steps * args.epochs,  # MWMS: peak_lr
                                     warmup_steps=steps * args.warmup_epochs,  # MWMS: (in scope)
                                     momentum=args.momentum,  # MWMS: (in scope)
@@ -75,7 +75,7 @@ with strategy.scope():  # MWMS: variables created here are mirrored on every rep
 @tf.function
 def train_step(images, labels):
     with tf.GradientTape() as tape:
-        logits = model(images, training=True)  # dropout and batch-norm statistics on
+        logits = model(images, training=True)  # batch statistics, no flip averaging
         per_example = loss_fn(labels, logits)  # MWMS:
         loss = tf.nn.compute_average_loss(  # MWMS: sum / global batch (all replicas)
             per_example, global_batch_size=args.batch_size * replicas)  # MWMS: also when partial

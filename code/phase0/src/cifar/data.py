@@ -127,6 +127,14 @@ def make_dataset(channel_dir, batch_size, training, channel="data",
     return ds.prefetch(tf.data.AUTOTUNE)
 
 
+def sample_images(channel_dir, count=5000, channel="train"):
+    """The first ``count`` images of a channel, in file order (uint8 [n, 32, 32, 3]): the same on
+    every worker, which all receive the whole channel, so the model built from them is too."""
+    files = list_shards(channel_dir, channel)
+    records = next(iter(tf.data.TFRecordDataset(files).batch(count)))
+    return parse_batch(records)[0].numpy()
+
+
 def steps_per_epoch(records, batch_size, num_workers=1, drop_remainder=False):
     per_worker = records // num_workers
     return per_worker // batch_size if drop_remainder else -(-per_worker // batch_size)

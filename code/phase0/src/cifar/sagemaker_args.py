@@ -29,14 +29,19 @@ def build_parser(description):
     env = os.environ.get
     parser = argparse.ArgumentParser(description=description)
     hp = parser.add_argument_group(HYPERPARAMETERS)
-    hp.add_argument("--epochs", type=int, default=20)
-    hp.add_argument("--batch-size", type=int, default=128, help="per worker")
-    hp.add_argument("--learning-rate", type=float, default=0.05,
+    # The recipe (evidence: README.md, "Accuracy on real CIFAR-10"). SGD's decay is decoupled in
+    # Keras (w -= lr * wd * w): 5e-3 at lr 0.4 shrinks the weights as cifar10-fast's L2 5e-4
+    # through momentum 0.9 does (5e-4 / (1 - 0.9)); the old 5e-4 at lr 0.05 did 20x less an epoch.
+    hp.add_argument("--epochs", type=int, default=15)
+    hp.add_argument("--batch-size", type=int, default=512,
+                    help="per worker (cifar10-fast's batch; fewer, larger steps per epoch)")
+    hp.add_argument("--learning-rate", type=float, default=0.4,
                     help="peak learning rate for one worker (distributed runs scale it)")
-    hp.add_argument("--warmup-epochs", type=float, default=2.0)
-    hp.add_argument("--momentum", type=float, default=0.9)
-    hp.add_argument("--weight-decay", type=float, default=5e-4)
-    hp.add_argument("--label-smoothing", type=float, default=0.1)
+    hp.add_argument("--warmup-epochs", type=float, default=3.0,
+                    help="linear warm-up, then linear decay to 0 (cifar10-fast: 5 of 24)")
+    hp.add_argument("--momentum", type=float, default=0.9, help="Nesterov")
+    hp.add_argument("--weight-decay", type=float, default=5e-3, help="decoupled (see above)")
+    hp.add_argument("--label-smoothing", type=float, default=0.2, help="airbench's value")
     hp.add_argument("--seed", type=int, default=0)
     paths = parser.add_argument_group("data and outputs (SageMaker sets the defaults)")
     paths.add_argument("--train", default=env("SM_CHANNEL_TRAIN"))
@@ -57,7 +62,7 @@ def build_parser(description):
 
 def recipe_defaults():
     """The training recipe's defaults, read back from the flags above (the one place they are
-    set): {"epochs": 20, "batch_size": 128, "learning_rate": 0.05, "warmup_epochs": 2.0, ...}."""
+    set): {"epochs": 15, "batch_size": 512, "learning_rate": 0.4, "warmup_epochs": 3.0, ...}."""
     parser = build_parser("recipe defaults")
     (group,) = [g for g in parser._action_groups if g.title == HYPERPARAMETERS]
     return {action.dest: action.default for action in group._group_actions}
