@@ -29,7 +29,7 @@ def build_parser(description):
     env = os.environ.get
     parser = argparse.ArgumentParser(description=description)
     hp = parser.add_argument_group(HYPERPARAMETERS)
-    # The recipe (evidence: README.md, "Accuracy on real CIFAR-10"). SGD's decay is decoupled in
+    # The recipe (its result: README.md, "Accuracy on real CIFAR-10"). SGD's decay is decoupled in
     # Keras (w -= lr * wd * w): 5e-3 at lr 0.4 shrinks the weights as cifar10-fast's L2 5e-4
     # through momentum 0.9 does (5e-4 / (1 - 0.9)); the old 5e-4 at lr 0.05 did 20x less an epoch.
     hp.add_argument("--epochs", type=int, default=15)
