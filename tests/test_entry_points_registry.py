@@ -67,12 +67,12 @@ def test_distributed_notebook_diffs_and_compares_with_its_sibling(entry):
     sibling = entry_point(entry.sibling)
     assert f'jobs.load_result("{sibling.notebook}")' in sources
     diff = notebook.script_diff(entry.script)
-    assert diff.startswith(f"--- src/{entry.sibling}\n+++ src/{entry.script}\n")
+    assert diff.startswith(f"--- src/{entry.diff_base}\n+++ src/{entry.script}\n")
     assert entry.marker in diff
 
 
 def test_single_process_scripts_have_no_diff():
-    with pytest.raises(ValueError, match="no single-process sibling"):
+    with pytest.raises(ValueError, match="single-process script: it has no base"):
         notebook.script_diff("train_keras.py")
 
 

@@ -2,9 +2,10 @@
 
 train_keras.py plus ``horovod.tensorflow.keras``: one process per GPU, each training on its own
 shard of the data; DistributedOptimizer averages the gradients, so all processes keep identical
-weights. Every line that differs from train_keras.py is marked ``# Horovod:``. SageMaker starts
-the processes with ``distribution={"mpi": {"enabled": True, "processes_per_host": <GPUs>}}``;
-without SageMaker, start them yourself:
+weights. A ``# Horovod:`` sentence sits above each block that differs from train_keras.py.
+SageMaker starts the processes with
+``distribution={"mpi": {"enabled": True, "processes_per_host": <GPUs>}}``; without SageMaker,
+start them yourself:
 
   mpirun -np 2 python train_keras_horovod.py --train data/cifar10/train \
       --validation data/cifar10/validation --eval data/cifar10/eval \
@@ -14,11 +15,11 @@ without SageMaker, start them yourself:
 import tensorflow as tf
 
 # Horovod: imported after TensorFlow, so that TF 2.15 exits without errors (Horovod's cached
-# tf.functions are then freed before TensorFlow's modules are).
-import horovod  # isort: skip  # Horovod:
-import horovod.tensorflow.keras as hvd  # isort: skip  # Horovod:
+# tf.functions are then freed before TensorFlow's modules are); cifar.distributed has the helpers.
+import horovod  # isort: skip
+import horovod.tensorflow.keras as hvd  # isort: skip
 
-from cifar import data, distributed, serving  # Horovod: + distributed
+from cifar import data, distributed, serving
 from cifar import model as cnn
 from cifar.checkpoints import EpochCheckpoints
 from cifar.report import EpochTimer, TrainingLog
@@ -26,52 +27,59 @@ from cifar.sagemaker_args import parse_args
 from cifar.stopping import SigtermStop
 
 args = parse_args(__doc__)
-hvd.init()  # Horovod: ranks 0..size-1 over all hosts; local_rank counts within a host
-distributed.pin_gpu(hvd.local_rank())  # Horovod: one GPU per process (where there are GPUs)
-chief = hvd.rank() == 0  # Horovod: rank 0, not local_rank 0 (one per host), logs and saves
-# Horovod: all ranks stop at the same step when any got SIGTERM (an allreduce per step).
-sigterm = SigtermStop(agree=hvd.allreduce)  # Horovod: agree=
+# Horovod: ranks 0..size-1 over all hosts (local_rank counts within a host), one GPU each where
+# there are GPUs. Rank 0 (not local_rank 0, one per host) logs and saves. All ranks stop at the
+# same step when any got SIGTERM (an allreduce per step).
+hvd.init()
+distributed.pin_gpu(hvd.local_rank())
+chief = hvd.rank() == 0
+sigterm = SigtermStop(agree=hvd.allreduce)
 tf.keras.utils.set_random_seed(args.seed)
 
 # Horovod: each rank reads its own 1/size of train and validation (equal, disjoint shares), so an
 # epoch is still one pass over the data, in size times fewer steps. Every rank evaluates the
 # whole eval set: exact for any number of ranks, and every rank holds the model rank 0 saves.
-shard = {"num_workers": hvd.size(), "worker_index": hvd.rank()}  # Horovod:
+shard = {"num_workers": hvd.size(), "worker_index": hvd.rank()}
 train = data.make_dataset(args.train, args.batch_size, training=True, channel="train",
-                          seed=args.seed, **shard)  # Horovod: + shard
+                          seed=args.seed, **shard)
 validation = data.make_dataset(args.validation, args.batch_size, training=False,
-                               channel="validation", **shard)  # Horovod: + shard
+                               channel="validation", **shard)
 evaluation = data.make_dataset(args.eval, args.batch_size, training=False, channel="eval")
 train_records = data.count_records(args.train, "train")
-shard_records = train_records // hvd.size()  # Horovod: records per rank and epoch
-steps = data.steps_per_epoch(train_records, args.batch_size, hvd.size())  # Horovod: per rank
+# Horovod: records and steps per rank and epoch.
+shard_records = train_records // hvd.size()
+steps = data.steps_per_epoch(train_records, args.batch_size, hvd.size())
 
 model = cnn.build_model(data.sample_images(args.train))
-peak_lr = args.learning_rate * hvd.size()  # Horovod: size x the batch, size x the learning rate
-optimizer = cnn.build_optimizer(peak_lr, total_steps=steps * args.epochs,  # Horovod: peak_lr
+# Horovod: size x the batch, so size x the learning rate; the legacy optimizer for Horovod 0.27
+# (TF 2.12 image); DistributedOptimizer averages the gradients over the ranks.
+peak_lr = args.learning_rate * hvd.size()
+optimizer = cnn.build_optimizer(peak_lr, total_steps=steps * args.epochs,
                                 warmup_steps=steps * args.warmup_epochs,
-                                momentum=args.momentum, weight_decay=args.weight_decay,  # Horovod:
-                                legacy=distributed.horovod_needs_legacy_optimizer(  # Horovod:
-                                    horovod.__version__))  # Horovod: 0.27 in the TF 2.12 image
-optimizer = hvd.DistributedOptimizer(optimizer)  # Horovod: gradients averaged over ranks
+                                momentum=args.momentum, weight_decay=args.weight_decay,
+                                legacy=distributed.horovod_needs_legacy_optimizer(
+                                    horovod.__version__))
+optimizer = hvd.DistributedOptimizer(optimizer)
 model.compile(optimizer=optimizer, loss=cnn.loss_fn(args.label_smoothing),
               metrics=[tf.keras.metrics.SparseCategoricalAccuracy(name="accuracy")])
 
 # SageMaker: checkpoints go to /opt/ml/checkpoints (synced to checkpoint_s3_uri); a restarted
 # job, e.g. after a spot interruption, resumes after the last finished epoch.
-checkpoints = EpochCheckpoints(args.checkpoint_dir, model, optimizer, enabled=chief)  # Horovod:
+# Horovod: rank 0 writes the checkpoints.
+checkpoints = EpochCheckpoints(args.checkpoint_dir, model, optimizer, enabled=chief)
 epochs_done, history = checkpoints.restore()
 # Horovod: rank 0's epoch count, weights and optimizer state (restored or new) go to all ranks,
-# before the first step (hvd.callbacks.BroadcastGlobalVariablesCallback does it after it).
-epochs_done = int(hvd.broadcast(epochs_done, root_rank=0))  # Horovod:
-optimizer_state = cnn.build_optimizer_state(optimizer, model.trainable_variables)  # Horovod:
-for variable in model.variables + optimizer_state:  # Horovod: weights and optimizer state
-    variable.assign(hvd.broadcast(variable, root_rank=0))  # Horovod:
-log = TrainingLog(args.output_data_dir, args.epochs, history,  # Horovod: rank 0 prints, writes
-                  chief=chief, workers=hvd.size())  # Horovod:
+# before the first step (hvd.callbacks.BroadcastGlobalVariablesCallback does it after it). Rank 0
+# prints and writes the log.
+epochs_done = int(hvd.broadcast(epochs_done, root_rank=0))
+optimizer_state = cnn.build_optimizer_state(optimizer, model.trainable_variables)
+for variable in model.variables + optimizer_state:
+    variable.assign(hvd.broadcast(variable, root_rank=0))
+log = TrainingLog(args.output_data_dir, args.epochs, history,
+                  chief=chief, workers=hvd.size())
 # SageMaker: the platform does not pass SIGTERM on to this script: at max_run (or a spot
 # reclaim) the container is killed and SM_MODEL_DIR uploaded as it is. Keep a recent model there.
-exports = serving.PeriodicExport(model, args.sm_model_dir, chief=chief)  # Horovod: rank 0
+exports = serving.PeriodicExport(model, args.sm_model_dir, chief=chief)  # Horovod: rank 0's
 if epochs_done:
     log.say(f"resuming from checkpoint: epochs 1-{epochs_done} done")
 
@@ -81,29 +89,29 @@ timer = EpochTimer()
 def end_of_epoch(epoch, logs):
     if sigterm.stop:  # SageMaker: an epoch cut short by SIGTERM is not recorded
         return
+    # Horovod: the learning rate read so that the legacy optimizer works too; images of all ranks.
     log.epoch(epoch + 1, logs["loss"], logs["accuracy"], logs["val_loss"], logs["val_accuracy"],
-              cnn.current_learning_rate(optimizer), timer.seconds(),  # Horovod: legacy too
-              shard_records * hvd.size())  # Horovod: images of all ranks
+              cnn.current_learning_rate(optimizer), timer.seconds(),
+              shard_records * hvd.size())
     checkpoints.save(epoch + 1, log.history)
     exports.after_epoch(epoch + 1)
 
 
 epoch_end = tf.keras.callbacks.LambdaCallback(on_epoch_end=end_of_epoch)
-horovod_callbacks = [  # Horovod: after the timer, before epoch_end
-    distributed.AverageLocalStatistics(hvd.allreduce),  # Horovod: one model to validate
-    hvd.callbacks.MetricAverageCallback(),  # Horovod: epoch logs averaged over ranks
-]  # Horovod:
+# Horovod: after the timer and before epoch_end, the ranks average their batch-norm statistics
+# (one model to validate) and their epoch logs.
+horovod_callbacks = [distributed.AverageLocalStatistics(hvd.allreduce),
+                     hvd.callbacks.MetricAverageCallback()]
 model.fit(train, epochs=args.epochs, initial_epoch=epochs_done, validation_data=validation,
-          verbose=0, callbacks=[timer, sigterm.keras_callback(), *horovod_callbacks,  # Horovod:
-                                epoch_end])  # Horovod: + callbacks
+          verbose=0, callbacks=[timer, sigterm.keras_callback(), *horovod_callbacks, epoch_end])
 
 # SageMaker: after a SIGTERM (max_run, spot) the window is short: no eval, save, exit 0.
 eval_loss, eval_accuracy = (None, None) if sigterm.stop else model.evaluate(
     evaluation, verbose=0)
 # SageMaker: everything in SM_MODEL_DIR becomes model.tar.gz; TF Serving loads <dir>/1/.
-if chief:  # Horovod: one model, from rank 0
-    serving.save_for_serving(model, args.sm_model_dir, epoch=len(log.history))  # Horovod:
-log.finish(eval_loss, eval_accuracy, stopped=sigterm.stop,  # Horovod: and the scaled lr
-           peak_learning_rate=peak_lr)  # Horovod:
-# Horovod: every rank reports; equal weight fingerprints mean the ranks really are in sync.
-print(distributed.rank_line(hvd.rank(), hvd.size(), shard_records, model), flush=True)  # Horovod:
+# Horovod: one model, from rank 0; the log records the scaled learning rate. Then every rank
+# reports: equal weight fingerprints mean the ranks really are in sync.
+if chief:
+    serving.save_for_serving(model, args.sm_model_dir, epoch=len(log.history))
+log.finish(eval_loss, eval_accuracy, stopped=sigterm.stop, peak_learning_rate=peak_lr)
+print(distributed.rank_line(hvd.rank(), hvd.size(), shard_records, model), flush=True)

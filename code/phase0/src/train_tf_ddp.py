@@ -1,17 +1,15 @@
 """Train the workshop's CIFAR-10 CNN with a TF2 custom loop on N processes with SMDDP (3.1).
 
-train_tf.py plus SageMaker's distributed data parallel library, ``smdistributed.dataparallel``
-(SMDDP): one process per GPU, each training on its own shard of the data; its
-DistributedGradientTape averages the gradients, so all processes keep identical weights. Every
-line that differs from train_tf.py is marked ``# SMDDP:``. SageMaker starts the processes with
+train_tf_horovod.py with SageMaker's distributed data parallel library,
+``smdistributed.dataparallel`` (SMDDP), in Horovod's place. SMDDP's API copies Horovod's, so the
+script imports it under Horovod's name ``hvd`` and keeps every call (init, size, rank, local_rank,
+DistributedGradientTape, broadcast_variables, broadcast) and every ``# Horovod:`` comment; what
+SMDDP changes has a ``# SMDDP:`` sentence above it. SageMaker starts the processes with
 ``distribution={"smdistributed": {"dataparallel": {"enabled": True}}}`` on the instance types
 the SDK lists for SMDDP (with P3 retired: ml.p4d.24xlarge and ml.p4de.24xlarge), TF <= 2.11.
 
-SMDDP exists only inside those SageMaker images. Anywhere else this script runs on Horovod,
-whose API SMDDP copies: it uses only calls both libraries have (init, size, rank, local_rank,
-DistributedGradientTape, broadcast_variables, broadcast), plus one averaging allreduce for
-metrics (SMDDP: oob_allreduce; Horovod: allreduce). The first line printed names the backend.
-Without SageMaker:
+SMDDP exists only inside those SageMaker images. Anywhere else this script runs on Horovod itself;
+the first line printed names the library. Without SageMaker:
 
   mpirun -np 2 python train_tf_ddp.py --train data/cifar10/train \
       --validation data/cifar10/validation --eval data/cifar10/eval \
@@ -22,48 +20,57 @@ import time
 
 import tensorflow as tf
 
-from cifar import data, distributed, serving  # SMDDP: + distributed
+# Horovod: imported after TensorFlow, so that TF 2.15 exits without errors (Horovod's cached
+# tf.functions are then freed before TensorFlow's modules are); cifar.distributed has the helpers.
+# SMDDP: the library of SageMaker's TF <= 2.11 GPU training images, under Horovod's name;
+# anywhere else, Horovod itself.
+try:
+    import smdistributed.dataparallel.tensorflow as hvd  # isort: skip
+except ImportError:
+    import horovod.tensorflow as hvd  # isort: skip
+
+from cifar import data, distributed, serving
 from cifar import model as cnn
 from cifar.checkpoints import EpochCheckpoints
 from cifar.report import TrainingLog
 from cifar.sagemaker_args import parse_args
 from cifar.stopping import SigtermStop
 
-try:  # SMDDP: the library, in SageMaker's TF <= 2.11 GPU training images
-    import smdistributed.dataparallel.tensorflow as sdp  # SMDDP:
-    BACKEND = "smdistributed.dataparallel"  # SMDDP:
-except ImportError:  # SMDDP: anywhere else, Horovod under the same name
-    import horovod.tensorflow as sdp  # SMDDP:
-    BACKEND = "horovod (smdistributed.dataparallel not installed)"  # SMDDP:
-# SMDDP: the averaging allreduce for values other than gradients (loss, accuracy, statistics).
-average = getattr(sdp, "oob_allreduce", None) or sdp.allreduce  # SMDDP:
+# SMDDP: its allreduce takes gradients only; other values (loss, accuracy, statistics) go through
+# oob_allreduce.
+average = getattr(hvd, "oob_allreduce", None) or hvd.allreduce
 
 args = parse_args(__doc__)
-sdp.init()  # SMDDP: ranks 0..size-1 over all hosts; local_rank counts within a host
-distributed.pin_gpu(sdp.local_rank())  # SMDDP: one GPU per process (where there are GPUs)
-chief = sdp.rank() == 0  # SMDDP: rank 0, not local_rank 0 (one per host), logs and saves
-# SMDDP: all ranks stop at the same step when any got SIGTERM (an allreduce per step).
-sigterm = SigtermStop(agree=average)  # SMDDP: agree=
-if chief:  # SMDDP: first line of the log: which library runs
-    print(f"backend: {BACKEND}", flush=True)  # SMDDP:
+# Horovod: ranks 0..size-1 over all hosts (local_rank counts within a host), one GPU each where
+# there are GPUs. Rank 0 (not local_rank 0, one per host) logs and saves.
+hvd.init()
+distributed.pin_gpu(hvd.local_rank())
+chief = hvd.rank() == 0
+# SMDDP: all ranks stop at the same step when any got SIGTERM (an oob_allreduce per step), and
+# the first line of the log names the library that runs.
+sigterm = SigtermStop(agree=average)
+if chief:
+    print(f"backend: {hvd.__name__}", flush=True)
 tf.keras.utils.set_random_seed(args.seed)
 
-# SMDDP: each rank reads its own 1/size of train and validation (equal, disjoint shares), so an
+# Horovod: each rank reads its own 1/size of train and validation (equal, disjoint shares), so an
 # epoch is still one pass over the data, in size times fewer steps. Every rank evaluates the
 # whole eval set: exact for any number of ranks, and every rank holds the model rank 0 saves.
-shard = {"num_workers": sdp.size(), "worker_index": sdp.rank()}  # SMDDP:
+shard = {"num_workers": hvd.size(), "worker_index": hvd.rank()}
 train = data.make_dataset(args.train, args.batch_size, training=True, channel="train",
-                          seed=args.seed, **shard)  # SMDDP: + shard
+                          seed=args.seed, **shard)
 validation = data.make_dataset(args.validation, args.batch_size, training=False,
-                               channel="validation", **shard)  # SMDDP: + shard
+                               channel="validation", **shard)
 evaluation = data.make_dataset(args.eval, args.batch_size, training=False, channel="eval")
 train_records = data.count_records(args.train, "train")
-shard_records = train_records // sdp.size()  # SMDDP: records per rank and epoch
-steps = data.steps_per_epoch(train_records, args.batch_size, sdp.size())  # SMDDP: per rank
+# Horovod: records and steps per rank and epoch.
+shard_records = train_records // hvd.size()
+steps = data.steps_per_epoch(train_records, args.batch_size, hvd.size())
 
 model = cnn.build_model(data.sample_images(args.train))
-peak_lr = args.learning_rate * sdp.size()  # SMDDP: size x the batch, size x the learning rate
-optimizer = cnn.build_optimizer(peak_lr, total_steps=steps * args.epochs,  # SMDDP: peak_lr
+# Horovod: size x the batch, so size x the learning rate.
+peak_lr = args.learning_rate * hvd.size()
+optimizer = cnn.build_optimizer(peak_lr, total_steps=steps * args.epochs,
                                 warmup_steps=steps * args.warmup_epochs,
                                 momentum=args.momentum, weight_decay=args.weight_decay)
 loss_fn = cnn.loss_fn(args.label_smoothing)
@@ -76,7 +83,8 @@ def train_step(images, labels):
     with tf.GradientTape() as tape:
         logits = model(images, training=True)  # batch statistics, no flip averaging
         loss = tf.reduce_mean(loss_fn(labels, logits))
-    tape = sdp.DistributedGradientTape(tape)  # SMDDP: gradients averaged over ranks (allreduce)
+    # Horovod: the gradients are averaged over the ranks (an allreduce).
+    tape = hvd.DistributedGradientTape(tape)
     gradients = tape.gradient(loss, model.trainable_variables)
     optimizer.apply_gradients(zip(gradients, model.trainable_variables))
     mean_loss.update_state(loss)
@@ -100,8 +108,9 @@ def run_epoch(dataset, step, sigterm=None):
         step(images, labels)
         if sigterm is not None and sigterm.check():  # SageMaker:
             break
-    result = average(tf.stack([mean_loss.result(), accuracy.result()]))  # SMDDP: mean
-    result = float(result[0]), float(result[1])  # SMDDP: of the ranks' (equal) shards
+    # SMDDP: the mean over the ranks' (equal) shards, through oob_allreduce.
+    result = average(tf.stack([mean_loss.result(), accuracy.result()]))
+    result = float(result[0]), float(result[1])
     mean_loss.reset_state()
     accuracy.reset_state()
     return result
@@ -109,17 +118,18 @@ def run_epoch(dataset, step, sigterm=None):
 
 # SageMaker: checkpoints go to /opt/ml/checkpoints (synced to checkpoint_s3_uri); a restarted
 # job, e.g. after a spot interruption, resumes after the last finished epoch.
-checkpoints = EpochCheckpoints(args.checkpoint_dir, model, optimizer, enabled=chief)  # SMDDP:
+checkpoints = EpochCheckpoints(args.checkpoint_dir, model, optimizer, enabled=chief)  # Horovod:
 epochs_done, history = checkpoints.restore()
-# SMDDP: rank 0's epoch count, weights and optimizer state (restored or new) go to all ranks.
-epochs_done = int(sdp.broadcast(tf.constant(epochs_done), root_rank=0))  # SMDDP:
-optimizer_state = cnn.build_optimizer_state(optimizer, model.trainable_variables)  # SMDDP:
-sdp.broadcast_variables(model.variables + optimizer_state, root_rank=0)  # SMDDP:
-log = TrainingLog(args.output_data_dir, args.epochs, history,  # SMDDP: rank 0 prints, writes
-                  chief=chief, workers=sdp.size())  # SMDDP:
+# Horovod: rank 0's epoch count, weights and optimizer state (restored or new) go to all ranks;
+# rank 0 prints and writes the log.
+epochs_done = int(hvd.broadcast(tf.constant(epochs_done), root_rank=0))
+optimizer_state = cnn.build_optimizer_state(optimizer, model.trainable_variables)
+hvd.broadcast_variables(model.variables + optimizer_state, root_rank=0)
+log = TrainingLog(args.output_data_dir, args.epochs, history,
+                  chief=chief, workers=hvd.size())
 # SageMaker: the platform does not pass SIGTERM on to this script: at max_run (or a spot
 # reclaim) the container is killed and SM_MODEL_DIR uploaded as it is. Keep a recent model there.
-exports = serving.PeriodicExport(model, args.sm_model_dir, chief=chief)  # SMDDP: rank 0
+exports = serving.PeriodicExport(model, args.sm_model_dir, chief=chief)  # Horovod: rank 0's
 if epochs_done:
     log.say(f"resuming from checkpoint: epochs 1-{epochs_done} done")
 
@@ -127,12 +137,14 @@ for epoch in range(epochs_done + 1, args.epochs + 1):
     start = time.time()
     train_loss, train_accuracy = run_epoch(train, train_step, sigterm)
     seconds = time.time() - start
-    distributed.average_local_statistics(model, average)  # SMDDP: one model everywhere
+    # SMDDP: the ranks average their batch-norm statistics (oob_allreduce): one model to validate.
+    distributed.average_local_statistics(model, average)
     if sigterm.stop:  # SageMaker: cut short: no validation, no checkpoint of this epoch
         break
     val_loss, val_accuracy = run_epoch(validation, test_step)
+    # Horovod: images/s counts the images of all ranks.
     log.epoch(epoch, train_loss, train_accuracy, val_loss, val_accuracy,
-              optimizer.learning_rate, seconds, shard_records * sdp.size())  # SMDDP: all ranks
+              optimizer.learning_rate, seconds, shard_records * hvd.size())
     checkpoints.save(epoch, log.history)
     exports.after_epoch(epoch)
 
@@ -140,9 +152,9 @@ for epoch in range(epochs_done + 1, args.epochs + 1):
 eval_loss, eval_accuracy = (None, None) if sigterm.stop else run_epoch(evaluation,
                                                                        test_step)
 # SageMaker: everything in SM_MODEL_DIR becomes model.tar.gz; TF Serving loads <dir>/1/.
-if chief:  # SMDDP: one model, from rank 0
-    serving.save_for_serving(model, args.sm_model_dir, epoch=len(log.history))  # SMDDP:
-log.finish(eval_loss, eval_accuracy, stopped=sigterm.stop,  # SMDDP: and the scaled lr
-           peak_learning_rate=peak_lr)  # SMDDP:
-# SMDDP: every rank reports; equal weight fingerprints mean the ranks really are in sync.
-print(distributed.rank_line(sdp.rank(), sdp.size(), shard_records, model), flush=True)  # SMDDP:
+# Horovod: one model, from rank 0; the log records the scaled learning rate. Then every rank
+# reports: equal weight fingerprints mean the ranks really are in sync.
+if chief:
+    serving.save_for_serving(model, args.sm_model_dir, epoch=len(log.history))
+log.finish(eval_loss, eval_accuracy, stopped=sigterm.stop, peak_learning_rate=peak_lr)
+print(distributed.rank_line(hvd.rank(), hvd.size(), shard_records, model), flush=True)

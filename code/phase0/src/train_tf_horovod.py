@@ -2,8 +2,8 @@
 
 train_tf.py plus ``horovod.tensorflow``: one process per GPU, each training on its own shard of
 the data; DistributedGradientTape averages the gradients, so all processes keep identical weights.
-Every line that differs from train_tf.py is marked ``# Horovod:``. SageMaker starts the processes
-with ``distribution={"mpi": {"enabled": True, "processes_per_host": <GPUs per instance>}}``;
+A ``# Horovod:`` sentence sits above each block that differs from train_tf.py. SageMaker starts
+the processes with ``distribution={"mpi": {"enabled": True, "processes_per_host": <GPUs>}}``;
 without SageMaker, start them yourself:
 
   mpirun -np 2 python train_tf_horovod.py --train data/cifar10/train \
@@ -16,10 +16,10 @@ import time
 import tensorflow as tf
 
 # Horovod: imported after TensorFlow, so that TF 2.15 exits without errors (Horovod's cached
-# tf.functions are then freed before TensorFlow's modules are).
-import horovod.tensorflow as hvd  # isort: skip  # Horovod:
+# tf.functions are then freed before TensorFlow's modules are); cifar.distributed has the helpers.
+import horovod.tensorflow as hvd  # isort: skip
 
-from cifar import data, distributed, serving  # Horovod: + distributed
+from cifar import data, distributed, serving
 from cifar import model as cnn
 from cifar.checkpoints import EpochCheckpoints
 from cifar.report import TrainingLog
@@ -27,29 +27,33 @@ from cifar.sagemaker_args import parse_args
 from cifar.stopping import SigtermStop
 
 args = parse_args(__doc__)
-hvd.init()  # Horovod: ranks 0..size-1 over all hosts; local_rank counts within a host
-distributed.pin_gpu(hvd.local_rank())  # Horovod: one GPU per process (where there are GPUs)
-chief = hvd.rank() == 0  # Horovod: rank 0, not local_rank 0 (one per host), logs and saves
+# Horovod: ranks 0..size-1 over all hosts (local_rank counts within a host), one GPU each where
+# there are GPUs. Rank 0 (not local_rank 0, one per host) logs and saves.
+hvd.init()
+distributed.pin_gpu(hvd.local_rank())
+chief = hvd.rank() == 0
 # Horovod: all ranks stop at the same step when any got SIGTERM (an allreduce per step).
-sigterm = SigtermStop(agree=hvd.allreduce)  # Horovod: agree=
+sigterm = SigtermStop(agree=hvd.allreduce)
 tf.keras.utils.set_random_seed(args.seed)
 
 # Horovod: each rank reads its own 1/size of train and validation (equal, disjoint shares), so an
 # epoch is still one pass over the data, in size times fewer steps. Every rank evaluates the
 # whole eval set: exact for any number of ranks, and every rank holds the model rank 0 saves.
-shard = {"num_workers": hvd.size(), "worker_index": hvd.rank()}  # Horovod:
+shard = {"num_workers": hvd.size(), "worker_index": hvd.rank()}
 train = data.make_dataset(args.train, args.batch_size, training=True, channel="train",
-                          seed=args.seed, **shard)  # Horovod: + shard
+                          seed=args.seed, **shard)
 validation = data.make_dataset(args.validation, args.batch_size, training=False,
-                               channel="validation", **shard)  # Horovod: + shard
+                               channel="validation", **shard)
 evaluation = data.make_dataset(args.eval, args.batch_size, training=False, channel="eval")
 train_records = data.count_records(args.train, "train")
-shard_records = train_records // hvd.size()  # Horovod: records per rank and epoch
-steps = data.steps_per_epoch(train_records, args.batch_size, hvd.size())  # Horovod: per rank
+# Horovod: records and steps per rank and epoch.
+shard_records = train_records // hvd.size()
+steps = data.steps_per_epoch(train_records, args.batch_size, hvd.size())
 
 model = cnn.build_model(data.sample_images(args.train))
-peak_lr = args.learning_rate * hvd.size()  # Horovod: size x the batch, size x the learning rate
-optimizer = cnn.build_optimizer(peak_lr, total_steps=steps * args.epochs,  # Horovod: peak_lr
+# Horovod: size x the batch, so size x the learning rate.
+peak_lr = args.learning_rate * hvd.size()
+optimizer = cnn.build_optimizer(peak_lr, total_steps=steps * args.epochs,
                                 warmup_steps=steps * args.warmup_epochs,
                                 momentum=args.momentum, weight_decay=args.weight_decay)
 loss_fn = cnn.loss_fn(args.label_smoothing)
@@ -62,7 +66,8 @@ def train_step(images, labels):
     with tf.GradientTape() as tape:
         logits = model(images, training=True)  # batch statistics, no flip averaging
         loss = tf.reduce_mean(loss_fn(labels, logits))
-    tape = hvd.DistributedGradientTape(tape)  # Horovod: gradients averaged over ranks (allreduce)
+    # Horovod: the gradients are averaged over the ranks (an allreduce).
+    tape = hvd.DistributedGradientTape(tape)
     gradients = tape.gradient(loss, model.trainable_variables)
     optimizer.apply_gradients(zip(gradients, model.trainable_variables))
     mean_loss.update_state(loss)
@@ -86,8 +91,9 @@ def run_epoch(dataset, step, sigterm=None):
         step(images, labels)
         if sigterm is not None and sigterm.check():  # SageMaker:
             break
-    result = hvd.allreduce(tf.stack([mean_loss.result(), accuracy.result()]))  # Horovod: mean
-    result = float(result[0]), float(result[1])  # Horovod: of the ranks' (equal) shards
+    # Horovod: the mean over the ranks' (equal) shards.
+    result = hvd.allreduce(tf.stack([mean_loss.result(), accuracy.result()]))
+    result = float(result[0]), float(result[1])
     mean_loss.reset_state()
     accuracy.reset_state()
     return result
@@ -97,15 +103,16 @@ def run_epoch(dataset, step, sigterm=None):
 # job, e.g. after a spot interruption, resumes after the last finished epoch.
 checkpoints = EpochCheckpoints(args.checkpoint_dir, model, optimizer, enabled=chief)  # Horovod:
 epochs_done, history = checkpoints.restore()
-# Horovod: rank 0's epoch count, weights and optimizer state (restored or new) go to all ranks.
-epochs_done = int(hvd.broadcast(epochs_done, root_rank=0))  # Horovod:
-optimizer_state = cnn.build_optimizer_state(optimizer, model.trainable_variables)  # Horovod:
-hvd.broadcast_variables(model.variables + optimizer_state, root_rank=0)  # Horovod:
-log = TrainingLog(args.output_data_dir, args.epochs, history,  # Horovod: rank 0 prints, writes
-                  chief=chief, workers=hvd.size())  # Horovod:
+# Horovod: rank 0's epoch count, weights and optimizer state (restored or new) go to all ranks;
+# rank 0 prints and writes the log.
+epochs_done = int(hvd.broadcast(tf.constant(epochs_done), root_rank=0))
+optimizer_state = cnn.build_optimizer_state(optimizer, model.trainable_variables)
+hvd.broadcast_variables(model.variables + optimizer_state, root_rank=0)
+log = TrainingLog(args.output_data_dir, args.epochs, history,
+                  chief=chief, workers=hvd.size())
 # SageMaker: the platform does not pass SIGTERM on to this script: at max_run (or a spot
 # reclaim) the container is killed and SM_MODEL_DIR uploaded as it is. Keep a recent model there.
-exports = serving.PeriodicExport(model, args.sm_model_dir, chief=chief)  # Horovod: rank 0
+exports = serving.PeriodicExport(model, args.sm_model_dir, chief=chief)  # Horovod: rank 0's
 if epochs_done:
     log.say(f"resuming from checkpoint: epochs 1-{epochs_done} done")
 
@@ -113,12 +120,14 @@ for epoch in range(epochs_done + 1, args.epochs + 1):
     start = time.time()
     train_loss, train_accuracy = run_epoch(train, train_step, sigterm)
     seconds = time.time() - start
-    distributed.average_local_statistics(model, hvd.allreduce)  # Horovod: one model everywhere
+    # Horovod: the ranks average their batch-norm statistics: one model to validate.
+    distributed.average_local_statistics(model, hvd.allreduce)
     if sigterm.stop:  # SageMaker: cut short: no validation, no checkpoint of this epoch
         break
     val_loss, val_accuracy = run_epoch(validation, test_step)
+    # Horovod: images/s counts the images of all ranks.
     log.epoch(epoch, train_loss, train_accuracy, val_loss, val_accuracy,
-              optimizer.learning_rate, seconds, shard_records * hvd.size())  # Horovod: all ranks
+              optimizer.learning_rate, seconds, shard_records * hvd.size())
     checkpoints.save(epoch, log.history)
     exports.after_epoch(epoch)
 
@@ -126,9 +135,9 @@ for epoch in range(epochs_done + 1, args.epochs + 1):
 eval_loss, eval_accuracy = (None, None) if sigterm.stop else run_epoch(evaluation,
                                                                        test_step)
 # SageMaker: everything in SM_MODEL_DIR becomes model.tar.gz; TF Serving loads <dir>/1/.
-if chief:  # Horovod: one model, from rank 0
-    serving.save_for_serving(model, args.sm_model_dir, epoch=len(log.history))  # Horovod:
-log.finish(eval_loss, eval_accuracy, stopped=sigterm.stop,  # Horovod: and the scaled lr
-           peak_learning_rate=peak_lr)  # Horovod:
-# Horovod: every rank reports; equal weight fingerprints mean the ranks really are in sync.
-print(distributed.rank_line(hvd.rank(), hvd.size(), shard_records, model), flush=True)  # Horovod:
+# Horovod: one model, from rank 0; the log records the scaled learning rate. Then every rank
+# reports: equal weight fingerprints mean the ranks really are in sync.
+if chief:
+    serving.save_for_serving(model, args.sm_model_dir, epoch=len(log.history))
+log.finish(eval_loss, eval_accuracy, stopped=sigterm.stop, peak_learning_rate=peak_lr)
+print(distributed.rank_line(hvd.rank(), hvd.size(), shard_records, model), flush=True)

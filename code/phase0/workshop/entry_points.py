@@ -17,14 +17,20 @@ class EntryPoint:
     framework_version: str           # SageMaker TF training image
     py_version: str
     distribution: Optional[str] = None  # top-level key of the Estimator's distribution dict
-    sibling: Optional[str] = None    # the single-process script it extends
-    marker: Optional[str] = None     # comment tag on every line it adds to the sibling
+    sibling: Optional[str] = None    # the single-process script it extends (compared with)
+    marker: Optional[str] = None     # the comment that opens each block it adds to diff_base
+    # the script its notebook shows it as a diff against: the sibling unless named here
+    diff_against: Optional[str] = None
     # (gpu, cpu) image tags when the SDK cannot resolve the version itself (TF 2.21)
     image_tags: Optional[tuple] = None
 
     @property
     def base_job_name(self):
         return "cifar10-" + self.script[:-len(".py")].replace("_", "-")
+
+    @property
+    def diff_base(self):
+        return self.diff_against or self.sibling
 
     @property
     def distributed(self):
@@ -43,8 +49,9 @@ ENTRY_POINTS = (
                "# Horovod:"),
     EntryPoint("train_tf_horovod.py", "2.2", "2.12", "py310", "mpi", "train_tf.py", "# Horovod:"),
     # smdistributed.dataparallel supports TF only up to 2.11 (the SDK refuses newer; unpatched).
+    # Its API copies Horovod's: 3.1 shows what it changes in 2.2's script.
     EntryPoint("train_tf_ddp.py", "3.1", "2.11", "py39", "smdistributed", "train_tf.py",
-               "# SMDDP:"),
+               "# SMDDP:", diff_against="train_tf_horovod.py"),
     EntryPoint("train_tf_mwms.py", "3.2", "2.21", "py312", "multi_worker_mirrored_strategy",
                "train_tf.py", "# MWMS:", **SUPPORTED),
 )

@@ -20,13 +20,13 @@ def start(mode, data_dir, role_arn="", horovod=False):
 
 
 def script_diff(script):
-    """Unified diff of src/<script> against its single-process sibling (from the registry)."""
-    sibling = entry_points.entry_point(script).sibling
-    if sibling is None:
-        raise ValueError(f"{script} has no single-process sibling to diff against")
-    old = (SRC_DIR / sibling).read_text().splitlines(keepends=True)
+    """Unified diff of src/<script> against the script it extends (the registry's diff_base)."""
+    base = entry_points.entry_point(script).diff_base
+    if base is None:
+        raise ValueError(f"{script} is a single-process script: it has no base to diff against")
+    old = (SRC_DIR / base).read_text().splitlines(keepends=True)
     new = (SRC_DIR / script).read_text().splitlines(keepends=True)
-    return "".join(difflib.unified_diff(old, new, f"src/{sibling}", f"src/{script}"))
+    return "".join(difflib.unified_diff(old, new, f"src/{base}", f"src/{script}"))
 
 
 def print_diff(script):
