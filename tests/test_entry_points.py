@@ -11,6 +11,7 @@ import signal
 import subprocess
 import sys
 import tarfile
+import tempfile
 import time
 from pathlib import Path
 
@@ -45,7 +46,10 @@ def test_model_tar_holds_a_servable_savedmodel(trained, cifar_data_dir):
     assert "1/saved_model.pb" in names and any(n.startswith("1/variables/") for n in names)
     assert not any("checkpoint" in n or n.endswith(".h5") for n in names)  # no checkpoints inside
     images, labels = dataset.read_examples(cifar_data_dir, "eval", count=None)
-    predicted = inference.predict_classes(inference.load_signature(result.model_artifact), images)
+    unpacked_before = set(Path(tempfile.gettempdir()).glob("model-*"))
+    signature = inference.load_signature(result.model_artifact)
+    assert set(Path(tempfile.gettempdir()).glob("model-*")) == unpacked_before  # nothing left
+    predicted = inference.predict_classes(signature, images)
     served = float((predicted == labels).mean())
     assert served == pytest.approx(result.metrics["eval_accuracy"], abs=0.01)
     assert served > 0.2  # one epoch on learnable data: above chance (0.1)

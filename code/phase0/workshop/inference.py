@@ -36,10 +36,17 @@ def exported_epoch(artifact):
 
 
 def load_signature(artifact):
-    """The ``serving_default`` signature of a model artifact: uint8 images -> dict of outputs."""
+    """The ``serving_default`` signature of a model artifact: uint8 images -> dict of outputs.
+
+    A ``model.tar.gz`` is extracted into a temporary folder that is gone when this returns: the
+    loaded model holds its variables in memory (the workshop's model has no asset files)."""
     import tensorflow as tf
 
-    return tf.saved_model.load(os.fspath(unpack_model(artifact))).signatures["serving_default"]
+    if Path(artifact).is_dir():
+        return tf.saved_model.load(os.fspath(unpack_model(artifact))).signatures["serving_default"]
+    with tempfile.TemporaryDirectory(prefix="model-") as folder:
+        loaded = tf.saved_model.load(os.fspath(unpack_model(artifact, folder)))
+    return loaded.signatures["serving_default"]
 
 
 def predict_classes(signature, images, batch_size=500):
