@@ -36,8 +36,10 @@ import inspect, sys, numpy as np, tensorflow as tf
 sys.path.insert(0, sys.argv[1])
 from cifar import model as cnn
 keras = tf.keras
-if "sample_images" in inspect.signature(cnn.build_model).parameters:  # one pass, no flip average
-    model = cnn.build_model(np.zeros((8, 32, 32, 3), np.uint8) + 128, flip_average=False)
+parameters = inspect.signature(cnn.build_model).parameters
+if "sample_images" in parameters:  # one pass: no test-time views (older revisions: flip_average)
+    one_pass = [name for name in ("test_time_augmentation", "flip_average") if name in parameters]
+    model = cnn.build_model(np.zeros((8, 32, 32, 3), np.uint8) + 128, **{one_pass[0]: False})
 else:  # the baseline
     model = cnn.build_model()
 total = 0
@@ -53,7 +55,7 @@ print(total)
 
 def multiply_adds(src_dir):
     """Multiply-adds per image of one forward pass of the model that ``src_dir``'s cifar.model
-    builds (training's; evaluation averages two passes, an image and its mirror image)."""
+    builds (training's, one pass; evaluation may average several: test-time augmentation)."""
     out = subprocess.run([sys.executable, "-c", COUNT_MACS, str(src_dir)], check=True,
                          capture_output=True, text=True).stdout
     return int(out.split()[-1])

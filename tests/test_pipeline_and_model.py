@@ -11,9 +11,11 @@ from workshop import dataset
 
 def windows_of(images):
     """Every 32x32 window of each edge-padded image and of its mirror, what a shift can give:
-    shape (N, 162, 32, 32, 3)."""
-    padded = np.pad(images, ((0, 0), (4, 4), (4, 4), (0, 0)), mode="edge")
-    crops = np.stack([padded[:, y:y + 32, x:x + 32] for y in range(9) for x in range(9)], axis=1)
+    shape (N, 2 x (2 x MAX_SHIFT + 1)^2, 32, 32, 3)."""
+    pad, side = data.MAX_SHIFT, 2 * data.MAX_SHIFT + 1
+    padded = np.pad(images, ((0, 0), (pad, pad), (pad, pad), (0, 0)), mode="edge")
+    crops = np.stack([padded[:, y:y + 32, x:x + 32] for y in range(side) for x in range(side)],
+                     axis=1)
     return np.concatenate([crops, crops[:, :, :, ::-1]], axis=1)
 
 
@@ -66,7 +68,7 @@ SAMPLE = np.random.default_rng(1).integers(0, 256, (64, 32, 32, 3), dtype=np.uin
 
 
 def test_model_takes_raw_uint8_and_normalises_inside():
-    model = cnn.build_model(SAMPLE, flip_average=False)
+    model = cnn.build_model(SAMPLE, test_time_augmentation=False)
     assert model.input.dtype == tf.uint8
     mean_colour = np.round(np.array(cnn.CIFAR10_MEAN) * 255).astype(np.uint8)
     images = np.broadcast_to(mean_colour, (2, 32, 32, 3))
@@ -78,7 +80,7 @@ def test_model_takes_raw_uint8_and_normalises_inside():
 def test_first_layer_whitens_the_sample_and_convolutions_start_as_identity(cifar_data_dir):
     images = data.sample_images(cifar_data_dir / "train", count=500)
     assert images.shape == (500, 32, 32, 3) and images.dtype == np.uint8
-    model = cnn.build_model(images, flip_average=False)
+    model = cnn.build_model(images, test_time_augmentation=False)
     whitening = model.get_layer("whitening")
     assert not whitening.trainable
     np.testing.assert_array_equal(whitening.get_weights()[0], cnn.patch_whitening(images))
@@ -92,23 +94,51 @@ def test_first_layer_whitens_the_sample_and_convolutions_start_as_identity(cifar
     np.testing.assert_array_equal(first_block[1, 1, :, :inputs], np.eye(inputs))
 
 
-def test_inference_averages_an_image_and_its_mirror_training_does_not():
+def test_inference_averages_six_views_training_does_not():
     model = cnn.build_model(SAMPLE)
-    body = model.get_layer("flip_average").body
+    body = model.get_layer("test_time_augmentation").body
     images = SAMPLE[:4]
-    mirrored = images[:, :, ::-1]
-    np.testing.assert_allclose(
-        model(images, training=False),
-        0.5 * (body(images, training=False) + body(mirrored, training=False)), atol=1e-5)
-    np.testing.assert_allclose(model(images, training=False), model(mirrored, training=False),
-                               atol=1e-5)
-    assert not np.allclose(model(images, training=True), model(mirrored, training=True))
+
+    def mirrored(views):
+        return 0.5 * (body(views, training=False) + body(views[:, :, ::-1], training=False))
+
+    padded = np.pad(images, ((0, 0), (1, 1), (1, 1), (0, 0)), mode="reflect")
+    expected = 0.5 * mirrored(images) + 0.25 * (mirrored(padded[:, :32, :32])
+                                                + mirrored(padded[:, 2:, 2:]))
+    np.testing.assert_allclose(model(images, training=False), expected, atol=1e-5)
+    mirror = images[:, :, ::-1]
+    assert not np.allclose(model(images, training=True), model(mirror, training=True))
 
 
-def test_one_cycle_schedule_warms_up_peaks_and_decays_to_zero():
+def test_one_cycle_schedule_warms_up_peaks_and_decays_to_its_end():
     schedule = cnn.OneCycle(peak=0.1, total_steps=100, warmup_steps=10)
     values = [float(schedule(step)) for step in (0, 5, 10, 55, 100, 120)]
     assert values == pytest.approx([0.0, 0.05, 0.1, 0.05, 0.0, 0.0], abs=1e-6)
+    triangle = cnn.OneCycle(peak=1.0, total_steps=100, warmup_steps=20, start=0.2, end=0.1)
+    values = [float(triangle(step)) for step in (0, 10, 20, 60, 100, 120)]
+    assert values == pytest.approx([0.2, 0.6, 1.0, 0.55, 0.1, 0.1], abs=1e-6)
+
+
+def test_lookahead_averages_from_its_start_and_leaves_the_average_in_place():
+    model = cnn.build_model(SAMPLE, widths=(4, 4, 4))
+    lookahead = cnn.Lookahead(model, steps_per_epoch=10, total_steps=40)  # starts at step 30
+    weight = model.trainable_weights[0]
+    start = weight.numpy().copy()
+    weight.assign(start + 1)
+    lookahead.after_step(25)
+    lookahead.end_of_epoch()
+    np.testing.assert_array_equal(weight.numpy(), start + 1)  # before its start: untouched
+    lookahead.after_step(30)  # the slow copy starts from the weights
+    weight.assign(start + 2)
+    lookahead.after_step(33)  # every 5 steps only
+    np.testing.assert_array_equal(weight.numpy(), start + 2)
+    lookahead.after_step(35)
+    rho = 0.95 ** 5 * (35 / 40) ** 3
+    np.testing.assert_allclose(weight.numpy(), start + 1 + (1 - rho), rtol=1e-5)
+    averaged = weight.numpy().copy()
+    weight.assign(start + 5)  # steps after the last average ...
+    lookahead.end_of_epoch()  # ... give way to it at the end of the epoch
+    np.testing.assert_allclose(weight.numpy(), averaged)
 
 
 def test_loss_is_per_example_with_label_smoothing():
@@ -163,7 +193,8 @@ def test_legacy_optimizer_for_old_horovod_trains_exactly_like_the_default_one():
             optimizer.apply_gradients([(tf.constant(gradient), variable)])
         final[legacy] = (variable.numpy(), rates)
     np.testing.assert_allclose(final[True][0], final[False][0], rtol=1e-5, atol=1e-6)
-    schedule = cnn.OneCycle(0.5, 8, 8 / 5)  # the legacy optimizer reports the next step's rate
+    # build_optimizer's schedule; the legacy optimizer reports the next step's rate
+    schedule = cnn.OneCycle(0.5, 8, 2, start=0.2, end=0.07)
     np.testing.assert_allclose(final[True][1], [float(schedule(s)) for s in range(8)], rtol=1e-6)
     assert not np.allclose(final[False][0], start)
 

@@ -32,6 +32,7 @@ model = cnn.build_model(data.sample_images(args.train))
 optimizer = cnn.build_optimizer(args.learning_rate, total_steps=steps * args.epochs,
                                 warmup_steps=steps * args.warmup_epochs,
                                 momentum=args.momentum, weight_decay=args.weight_decay)
+lookahead = cnn.Lookahead(model, steps, total_steps=steps * args.epochs)
 model.compile(optimizer=optimizer, loss=cnn.loss_fn(args.label_smoothing),
               metrics=[tf.keras.metrics.SparseCategoricalAccuracy(name="accuracy")])
 
@@ -60,7 +61,8 @@ def end_of_epoch(epoch, logs):
 
 epoch_end = tf.keras.callbacks.LambdaCallback(on_epoch_end=end_of_epoch)
 model.fit(train, epochs=args.epochs, initial_epoch=epochs_done, validation_data=validation,
-          verbose=0, callbacks=[timer, sigterm.keras_callback(), epoch_end])
+          verbose=0, callbacks=[timer, sigterm.keras_callback(), lookahead.keras_callback(),
+                                epoch_end])
 
 # SageMaker: after a SIGTERM (max_run, spot) the window is short: no eval, save, exit 0.
 eval_loss, eval_accuracy = (None, None) if sigterm.stop else model.evaluate(

@@ -60,6 +60,7 @@ optimizer = cnn.build_optimizer(peak_lr, total_steps=steps * args.epochs,
                                 legacy=distributed.horovod_needs_legacy_optimizer(
                                     horovod.__version__))
 optimizer = hvd.DistributedOptimizer(optimizer)
+lookahead = cnn.Lookahead(model, steps, total_steps=steps * args.epochs)
 model.compile(optimizer=optimizer, loss=cnn.loss_fn(args.label_smoothing),
               metrics=[tf.keras.metrics.SparseCategoricalAccuracy(name="accuracy")])
 
@@ -103,7 +104,8 @@ epoch_end = tf.keras.callbacks.LambdaCallback(on_epoch_end=end_of_epoch)
 horovod_callbacks = [distributed.AverageLocalStatistics(hvd.allreduce),
                      hvd.callbacks.MetricAverageCallback()]
 model.fit(train, epochs=args.epochs, initial_epoch=epochs_done, validation_data=validation,
-          verbose=0, callbacks=[timer, sigterm.keras_callback(), *horovod_callbacks, epoch_end])
+          verbose=0, callbacks=[timer, sigterm.keras_callback(), lookahead.keras_callback(),
+                                *horovod_callbacks, epoch_end])
 
 # SageMaker: after a SIGTERM (max_run, spot) the window is short: no eval, save, exit 0.
 eval_loss, eval_accuracy = (None, None) if sigterm.stop else model.evaluate(

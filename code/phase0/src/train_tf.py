@@ -35,6 +35,7 @@ model = cnn.build_model(data.sample_images(args.train))
 optimizer = cnn.build_optimizer(args.learning_rate, total_steps=steps * args.epochs,
                                 warmup_steps=steps * args.warmup_epochs,
                                 momentum=args.momentum, weight_decay=args.weight_decay)
+lookahead = cnn.Lookahead(model, steps, total_steps=steps * args.epochs)
 loss_fn = cnn.loss_fn(args.label_smoothing)
 mean_loss = tf.keras.metrics.Mean()
 accuracy = tf.keras.metrics.SparseCategoricalAccuracy()
@@ -43,7 +44,7 @@ accuracy = tf.keras.metrics.SparseCategoricalAccuracy()
 @tf.function
 def train_step(images, labels):
     with tf.GradientTape() as tape:
-        logits = model(images, training=True)  # batch statistics, no flip averaging
+        logits = model(images, training=True)  # batch statistics, no test-time views
         loss = tf.reduce_mean(loss_fn(labels, logits))
     gradients = tape.gradient(loss, model.trainable_variables)
     optimizer.apply_gradients(zip(gradients, model.trainable_variables))
@@ -59,15 +60,20 @@ def test_step(images, labels):
     accuracy.update_state(labels, logits)
 
 
-def run_epoch(dataset, step, sigterm=None):
+def run_epoch(dataset, step, sigterm=None, lookahead=None):
     """Run ``step`` over ``dataset``; returns (mean loss, accuracy) and resets the metrics.
 
-    With ``sigterm``, leaves after the step under way once SIGTERM was agreed on.
+    With ``sigterm``, leaves after the step under way once SIGTERM was agreed on. With
+    ``lookahead``, averages the weights after each step and at the end (cifar.model.Lookahead).
     """
     for images, labels in dataset:
         step(images, labels)
+        if lookahead is not None:
+            lookahead.after_step(optimizer.iterations)
         if sigterm is not None and sigterm.check():  # SageMaker:
             break
+    if lookahead is not None:
+        lookahead.end_of_epoch()
     result = float(mean_loss.result()), float(accuracy.result())
     mean_loss.reset_state()
     accuracy.reset_state()
@@ -87,7 +93,7 @@ if epochs_done:
 
 for epoch in range(epochs_done + 1, args.epochs + 1):
     start = time.time()
-    train_loss, train_accuracy = run_epoch(train, train_step, sigterm)
+    train_loss, train_accuracy = run_epoch(train, train_step, sigterm, lookahead)
     seconds = time.time() - start
     if sigterm.stop:  # SageMaker: cut short: no validation, no checkpoint of this epoch
         break

@@ -56,6 +56,7 @@ peak_lr = args.learning_rate * hvd.size()
 optimizer = cnn.build_optimizer(peak_lr, total_steps=steps * args.epochs,
                                 warmup_steps=steps * args.warmup_epochs,
                                 momentum=args.momentum, weight_decay=args.weight_decay)
+lookahead = cnn.Lookahead(model, steps, total_steps=steps * args.epochs)
 loss_fn = cnn.loss_fn(args.label_smoothing)
 mean_loss = tf.keras.metrics.Mean()
 accuracy = tf.keras.metrics.SparseCategoricalAccuracy()
@@ -64,7 +65,7 @@ accuracy = tf.keras.metrics.SparseCategoricalAccuracy()
 @tf.function
 def train_step(images, labels):
     with tf.GradientTape() as tape:
-        logits = model(images, training=True)  # batch statistics, no flip averaging
+        logits = model(images, training=True)  # batch statistics, no test-time views
         loss = tf.reduce_mean(loss_fn(labels, logits))
     # Horovod: the gradients are averaged over the ranks (an allreduce).
     tape = hvd.DistributedGradientTape(tape)
@@ -82,15 +83,20 @@ def test_step(images, labels):
     accuracy.update_state(labels, logits)
 
 
-def run_epoch(dataset, step, sigterm=None):
+def run_epoch(dataset, step, sigterm=None, lookahead=None):
     """Run ``step`` over ``dataset``; returns (mean loss, accuracy) and resets the metrics.
 
-    With ``sigterm``, leaves after the step under way once SIGTERM was agreed on.
+    With ``sigterm``, leaves after the step under way once SIGTERM was agreed on. With
+    ``lookahead``, averages the weights after each step and at the end (cifar.model.Lookahead).
     """
     for images, labels in dataset:
         step(images, labels)
+        if lookahead is not None:
+            lookahead.after_step(optimizer.iterations)
         if sigterm is not None and sigterm.check():  # SageMaker:
             break
+    if lookahead is not None:
+        lookahead.end_of_epoch()
     # Horovod: the mean over the ranks' (equal) shards.
     result = hvd.allreduce(tf.stack([mean_loss.result(), accuracy.result()]))
     result = float(result[0]), float(result[1])
@@ -118,7 +124,7 @@ if epochs_done:
 
 for epoch in range(epochs_done + 1, args.epochs + 1):
     start = time.time()
-    train_loss, train_accuracy = run_epoch(train, train_step, sigterm)
+    train_loss, train_accuracy = run_epoch(train, train_step, sigterm, lookahead)
     seconds = time.time() - start
     # Horovod: the ranks average their batch-norm statistics: one model to validate.
     distributed.average_local_statistics(model, hvd.allreduce)

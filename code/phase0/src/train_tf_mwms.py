@@ -66,7 +66,8 @@ validation = distributed.mwms_dataset(strategy, validation)
 evaluation = distributed.mwms_dataset(strategy, evaluation)
 
 # MWMS: replicas x the batch, so replicas x the learning rate. Variables created in the scope
-# (model, optimizer state, metrics) are mirrored on every replica; the metrics sum over all.
+# (model, optimizer state, Lookahead's copy, metrics) are mirrored on every replica; the metrics
+# sum over all.
 peak_lr = args.learning_rate * replicas
 with strategy.scope():
     model = cnn.build_model(data.sample_images(args.train))
@@ -74,6 +75,7 @@ with strategy.scope():
                                     warmup_steps=steps * args.warmup_epochs,
                                     momentum=args.momentum, weight_decay=args.weight_decay)
     cnn.build_optimizer_state(optimizer, model.trainable_variables)
+    lookahead = cnn.Lookahead(model, steps, total_steps=steps * args.epochs)
     loss_fn = cnn.loss_fn(args.label_smoothing)
     mean_loss = tf.keras.metrics.Mean()
     accuracy = tf.keras.metrics.SparseCategoricalAccuracy()
@@ -82,7 +84,7 @@ with strategy.scope():
 @tf.function
 def train_step(images, labels):
     with tf.GradientTape() as tape:
-        logits = model(images, training=True)  # batch statistics, no flip averaging
+        logits = model(images, training=True)  # batch statistics, no test-time views
         # MWMS: the loss is the sum over the global batch of all replicas (also when partial),
         # and the mean loss counts every example.
         per_example = loss_fn(labels, logits)
@@ -107,16 +109,21 @@ def replicated(step, images, labels):
     strategy.run(step, args=(images, labels))
 
 
-def run_epoch(dataset, step, sigterm=None):
+def run_epoch(dataset, step, sigterm=None, lookahead=None):
     """Run ``step`` over ``dataset``; returns (mean loss, accuracy) and resets the metrics.
 
-    With ``sigterm``, leaves after the step under way once SIGTERM was agreed on.
+    With ``sigterm``, leaves after the step under way once SIGTERM was agreed on. With
+    ``lookahead``, averages the weights after each step and at the end (cifar.model.Lookahead).
     """
     for images, labels in dataset:
         # MWMS: each step runs on every replica of this worker.
         replicated(step, images, labels)
+        if lookahead is not None:
+            lookahead.after_step(optimizer.iterations)
         if sigterm is not None and sigterm.check():  # SageMaker:
             break
+    if lookahead is not None:
+        lookahead.end_of_epoch()
     result = float(mean_loss.result()), float(accuracy.result())
     mean_loss.reset_state()
     accuracy.reset_state()
@@ -146,7 +153,7 @@ if epochs_done:
 
 for epoch in range(epochs_done + 1, args.epochs + 1):
     start = time.time()
-    train_loss, train_accuracy = run_epoch(train, train_step, sigterm)
+    train_loss, train_accuracy = run_epoch(train, train_step, sigterm, lookahead)
     seconds = time.time() - start
     # MWMS: the workers average their batch-norm statistics: one model to validate.
     distributed.mwms_average_local_statistics(strategy, model)

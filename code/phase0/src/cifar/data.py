@@ -76,14 +76,18 @@ def parse_batch(serialized):
     return images, parsed["label"]
 
 
-def augment_batch(images, labels, seed=None):
-    """Random shift by up to 4 px (edges replicated) and horizontal flip, drawn per image.
+# airbench translates by 2 px; here 2 and 4 gave the same validation accuracy (0.883).
+MAX_SHIFT = 2
 
-    Equivalent to pad-4 + random 32x32 crop + flip, done as two index gathers on the uint8
+
+def augment_batch(images, labels, seed=None):
+    """Random shift by up to ``MAX_SHIFT`` px (edges replicated) and horizontal flip, per image.
+
+    Equivalent to padding + random 32x32 crop + flip, done as two index gathers on the uint8
     batch: no padded copy, about twice as fast as tf.pad + crop.
     """
     batch = tf.shape(images)[0]
-    shifts = tf.random.uniform([batch, 2], -4, 5, dtype=tf.int32, seed=seed)
+    shifts = tf.random.uniform([batch, 2], -MAX_SHIFT, MAX_SHIFT + 1, dtype=tf.int32, seed=seed)
     positions = tf.range(32)[tf.newaxis, :]
     rows = tf.clip_by_value(positions + shifts[:, :1], 0, 31)
     cols = tf.clip_by_value(positions + shifts[:, 1:], 0, 31)

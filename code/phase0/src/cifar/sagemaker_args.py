@@ -37,8 +37,9 @@ def build_parser(description):
                     help="per worker (cifar10-fast's batch; fewer, larger steps per epoch)")
     hp.add_argument("--learning-rate", type=float, default=0.4,
                     help="peak learning rate for one worker (distributed runs scale it)")
-    hp.add_argument("--warmup-epochs", type=float, default=3.0,
-                    help="linear warm-up, then linear decay to 0 (cifar10-fast: 5 of 24)")
+    hp.add_argument("--warmup-epochs", type=float, default=3.5,
+                    help="linear warm-up from 0.2x, then linear decay to 0.07x the peak "
+                         "(airbench's triangle: the peak at 23%% of training)")
     hp.add_argument("--momentum", type=float, default=0.9, help="Nesterov")
     hp.add_argument("--weight-decay", type=float, default=5e-3, help="decoupled (see above)")
     hp.add_argument("--label-smoothing", type=float, default=0.2, help="airbench's value")
