@@ -76,7 +76,8 @@ def parse_batch(serialized):
     return images, parsed["label"]
 
 
-# airbench translates by 2 px; here 2 and 4 gave the same validation accuracy (0.883).
+# airbench translates by 2 px; here 2 and 4 px gave the same validation accuracy after 15 epochs
+# (0.883 and 0.883, both with weight decay 1.5e-2: ablation rows wd15s2 and wd15, issue 18).
 MAX_SHIFT = 2
 
 
