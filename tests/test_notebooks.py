@@ -28,7 +28,8 @@ def test_the_workshop_has_its_notebooks():
     assert names == sorted(names, key=lambda n: tuple(int(x) for x in n.split(".")[:2]))
 
 
-@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.name)
+@pytest.mark.parametrize("path", NOTEBOOKS + run_notebooks.notebooks(language="ko"),
+                         ids=lambda p: p.name)
 def test_committed_notebook_is_clean_with_one_parameters_cell(path):
     notebook = nbformat.read(path, as_version=4)
     for cell in notebook.cells:
@@ -43,9 +44,11 @@ def test_committed_notebook_is_clean_with_one_parameters_cell(path):
         assert TRAINING_PARAMETERS <= run_notebooks.parameter_names(path)
 
 
-def run(tmp_path, prefix, expect=("Completed",), **parameters):
-    """Execute the notebook whose name starts with ``prefix``; returns its RESULT dict."""
-    path = next(p for p in NOTEBOOKS if p.name.startswith(prefix + "."))
+def run(tmp_path, prefix, expect=("Completed",), language=None, **parameters):
+    """Execute the notebook whose name starts with ``prefix`` (its translation into ``language``,
+    "ko"); returns its RESULT dict."""
+    path = next(p for p in run_notebooks.notebooks(language=language)
+                if p.name.startswith(prefix + "."))
     outcome = run_notebooks.execute(path, parameters, output_dir=tmp_path, expect=expect)
     assert outcome["ok"], f"{path.name}: {outcome['error']}"
     assert outcome["result"] is not None, f"{path.name} printed no RESULT line"
@@ -88,10 +91,19 @@ def test_1_1_trains_in_the_kernel_above_chance(tmp_path, cifar_data_dir):
     assert "keras.layers.Conv2D(" in text and ".map(" in text  # the model and pipeline, shown
 
 
-@pytest.mark.parametrize("number", ["1.2", "2.1"])
-def test_script_mode_notebook_trains_in_process_mode(tmp_path, cifar_data_dir, number):
-    result, notebook = run(tmp_path, number, DATA_DIR=str(cifar_data_dir), EPOCHS=2, BATCH_SIZE=64)
-    assert result["mode"] == "process" and result["epochs"] == 2 and result["workers"] == 1
+# What a script-mode notebook's RESULT line holds, in English and in Korean alike.
+SCRIPT_MODE_RESULT = {"status", "mode", "job_name", "epochs", "workers", "eval_accuracy",
+                      "images_per_sec", "epoch_seconds", "wall_seconds"}
+
+
+@pytest.mark.parametrize("number, language, epochs", [("1.2", None, 2), ("2.1", None, 2),
+                                                      ("1.2", "ko", 1)])
+def test_script_mode_notebook_trains_in_process_mode(tmp_path, cifar_data_dir, number, language,
+                                                     epochs):
+    result, notebook = run(tmp_path, number, language=language, DATA_DIR=str(cifar_data_dir),
+                           EPOCHS=epochs, BATCH_SIZE=64)
+    assert set(result) == SCRIPT_MODE_RESULT
+    assert result["mode"] == "process" and result["epochs"] == epochs and result["workers"] == 1
     assert result["eval_accuracy"] > 0.3
     assert result["images_per_sec"] > 0
     assert pictures(notebook) >= 2  # training curves, predictions of the model artifact

@@ -456,7 +456,10 @@ def notebook_worst_cases(folder=None):
     from . import PHASE0_DIR
 
     rows = []
-    paths = sorted(Path(folder or PHASE0_DIR).glob("[0-9]*.ipynb"),
+    from .run_notebooks import language_of
+
+    paths = sorted((p for p in Path(folder or PHASE0_DIR).glob("[0-9]*.ipynb")
+                    if language_of(p) is None),  # a translation costs what its English costs
                    key=lambda p: tuple(int(x) for x in p.name.split(".")[:2]))
     for path in paths:
         values, number = parameters_of(path), ".".join(path.name.split(".")[:2])

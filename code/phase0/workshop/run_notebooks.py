@@ -1,6 +1,6 @@
 """Run the workshop's notebooks headless with papermill and print one line per notebook.
 
-  python -m workshop.run_notebooks [--epochs 3] [--only 1.1 1.2] [-p NAME VALUE ...]
+  python -m workshop.run_notebooks [--epochs 3] [--only 1.1 1.2] [--language ko] [-p NAME VALUE ...]
 
 Executed copies go to runs/notebooks/ (git-ignored). Each notebook ends by printing
 ``RESULT {json}`` with a ``status`` ("Completed", or a training job's "Stopped" at max_run); that
@@ -32,9 +32,21 @@ def kernel_for(path, kernel=KERNEL):
     return KERNEL_SDK3 if path.name.startswith("6.") else kernel
 
 
-def notebooks(only=()):
-    """The numbered notebooks of code/phase0 in workshop order (0.0, 1.0, 1.1, 1.2, 1.5, 2.1, …)."""
-    found = [p for p in PHASE0_DIR.glob("*.ipynb") if re.match(r"\d+\.\d+", p.name)]
+# Translations of the notebooks sit beside them as <name>.<language>.ipynb (workshop.translations).
+TRANSLATED = re.compile(r"\.(ko)\.ipynb$")
+
+
+def language_of(path):
+    """"ko" for a Korean notebook, None for an English one."""
+    found = TRANSLATED.search(path.name)
+    return found.group(1) if found else None
+
+
+def notebooks(only=(), language=None):
+    """The numbered notebooks of code/phase0 in workshop order (0.0, 1.0, 1.1, 1.2, 1.5, 2.1, …):
+    the English ones, or their translations into ``language`` ("ko")."""
+    found = [p for p in PHASE0_DIR.glob("*.ipynb") if re.match(r"\d+\.\d+", p.name)
+             and language_of(p) == language]
     found.sort(key=lambda p: tuple(int(n) for n in p.name.split(".")[:2]))
     return [p for p in found if not only or any(p.name.startswith(o + ".") for o in only)]
 
@@ -98,6 +110,7 @@ def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--epochs", type=int, help="EPOCHS for every training notebook")
     parser.add_argument("--only", nargs="*", default=(), help="notebook numbers, e.g. 1.0 1.1")
+    parser.add_argument("--language", choices=("ko",), help="run the translations instead")
     parser.add_argument("--kernel", default=KERNEL)
     parser.add_argument("--timeout", type=int, default=TIMEOUT, help="seconds a cell may run")
     parser.add_argument("-p", nargs=2, action="append", default=[], metavar=("NAME", "VALUE"),
@@ -112,7 +125,7 @@ def main(argv=None):
         except json.JSONDecodeError:
             parameters[name] = value
     failed = 0
-    for path in notebooks(args.only):
+    for path in notebooks(args.only, args.language):
         if not args.only and kernel_for(path) == KERNEL_SDK3:  # SDK v3 needs Docker or AWS
             print(f"skipped {path.name}: SageMaker SDK v3 has no process mode; run it with "
                   f"--only {path.name[:3]} -p MODE local (Docker) or -p MODE host", flush=True)
