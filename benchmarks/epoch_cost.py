@@ -43,7 +43,7 @@ from entry_points import make_data  # noqa: E402
 
 from workshop import PHASE0_DIR, jobs  # noqa: E402
 from workshop.log_format import parse_epoch_line  # noqa: E402
-from workshop.process_mode import run_process_job  # noqa: E402
+from workshop.process_mode.runner import run_process_job  # noqa: E402
 
 TRAIN_IMAGES = 40_000
 VALIDATION_IMAGES = 10_000

@@ -27,8 +27,9 @@ import tensorflow as tf  # noqa: E402
 
 from cifar.model import build_model  # noqa: E402
 from cifar.serving import save_for_serving  # noqa: E402
-from workshop import deploy, jobs  # noqa: E402
+from workshop import jobs  # noqa: E402
 from workshop.files import pack_folder  # noqa: E402
+from workshop.serving import deploy  # noqa: E402
 
 
 def timed(call, batches):

@@ -11,7 +11,7 @@ offline, tagged with the ECR URIs that the SageMaker Python SDK resolves, so tha
    so ``docker build`` needs no PyPI access; Horovod is compiled inside the image.
 3. The inference image (``Dockerfile.inference``): the same base, Python 3.12 and TensorFlow 2.20
    (the version of the TF Serving 2.20 image it stands in for) with gunicorn and falcon, and
-   ``workshop/tfs_standin.py``, run by its ``serve`` command.
+   ``workshop/serving/tfs_standin.py``, run by its ``serve`` command.
 4. Each image is labelled with a fingerprint of everything it is built from; when the tagged
    image already carries it, nothing is done (a second run takes seconds).
 
@@ -76,7 +76,7 @@ IMAGES = training_images()
 INFERENCE_IMAGES = inference_images()
 # The learner's set-up path (tests/test_notebook_instance.py): {name: (kernel Python, tag)}.
 NOTEBOOK_INSTANCE_IMAGES = {"notebook-instance": ("3.10", "workshop/notebook-instance:standin")}
-STANDIN = ROOT / "code" / "phase0" / "workshop" / "tfs_standin.py"
+STANDIN = ROOT / "code" / "phase0" / "workshop" / "serving" / "tfs_standin.py"
 
 
 def run(command, **kwargs):

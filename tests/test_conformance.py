@@ -31,8 +31,8 @@ from aws_fixtures import *  # noqa: F401,F403 - sdk_offline, probe_estimator
 from aws_fixtures import PROBE_DIR
 
 from workshop import jobs
-from workshop.process_mode import run_process_job
-from workshop.toolkit_env import TF_TRAINING_MODULE
+from workshop.process_mode.runner import run_process_job
+from workshop.process_mode.toolkit_env import TF_TRAINING_MODULE
 
 REPO = Path(__file__).resolve().parents[1]
 TOOLKIT_TRAIN = REPO / ".venv-toolkit" / "bin" / "train"

@@ -12,7 +12,8 @@ import boto3
 import pytest
 from aws_fixtures import *  # noqa: F401,F403 - moto_server, sdk_offline
 
-from workshop import deploy, jobs
+from workshop import jobs
+from workshop.serving import deploy
 
 BUCKET = "workshop-deploy-test"
 ROLE = "arn:aws:iam::123456789012:role/SageMakerWorkshopRole"
@@ -73,7 +74,8 @@ def test_real_time_endpoint_requests_and_cleanup(artifact, capsys):
     predictor = None
     try:
         predictor = model.deploy(initial_instance_count=1,
-                                 instance_type=deploy.instance_type_for("host", "ml.m5.large"),
+                                 instance_type=deploy.serving_instance_type_for("host",
+                                                                                "ml.m5.large"),
                                  serverless_inference_config=deploy.serverless_config(False),
                                  wait=WAIT)
     finally:
@@ -113,7 +115,7 @@ def test_serverless_endpoint_requests(artifact):
     try:
         predictor = model.deploy(
             initial_instance_count=1,
-            instance_type=deploy.instance_type_for("host", "ml.m5.large", serverless=True),
+            instance_type=deploy.serving_instance_type_for("host", "ml.m5.large", serverless=True),
             serverless_inference_config=deploy.serverless_config(True), wait=WAIT)
     finally:
         deploy.shut_down("host", predictor, model)
@@ -139,7 +141,7 @@ def test_batch_transform_request(artifact, tmp_path):
         data, output_path = deploy.transform_locations("host", source, tmp_path / "out", session,
                                                        BUCKET)
         transformer = model.transformer(
-            instance_count=1, instance_type=deploy.instance_type_for("host", "ml.m5.large"),
+            instance_count=1, instance_type=deploy.serving_instance_type_for("host", "ml.m5.large"),
             strategy="SingleRecord", assemble_with="Line", accept="application/jsonlines",
             output_path=output_path)
         transformer.transform(data, content_type="application/jsonlines", split_type="Line",

@@ -18,8 +18,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from workshop import SRC_DIR, dataset, inference, jobs
-from workshop.process_mode import JobFailed
+from workshop import SRC_DIR, dataset, jobs
+from workshop.process_mode.runner import JobFailed
+from workshop.serving import inference
 
 ENTRY_POINTS = ("train_keras.py", "train_tf.py")
 KERAS3_PYTHON = Path(__file__).resolve().parents[1] / ".venv-keras3" / "bin" / "python"

@@ -65,7 +65,7 @@ def test_distributed_notebook_diffs_and_compares_with_its_sibling(entry):
     sources = "\n".join(code_cells(entry.notebook))
     assert f'notebook.print_diff("{entry.script}")' in sources
     sibling = entry_point(entry.sibling)
-    assert f'jobs.load_result("{sibling.notebook}")' in sources
+    assert f'records.load_result("{sibling.notebook}")' in sources
     diff = notebook.script_diff(entry.script)
     assert diff.startswith(f"--- src/{entry.diff_base}\n+++ src/{entry.script}\n")
     assert entry.marker in diff

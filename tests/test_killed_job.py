@@ -20,7 +20,8 @@ import time
 import pytest
 from aws_fixtures import sdk_offline  # noqa: F401  (telemetry off: nothing leaves the machine)
 
-from workshop import dataset, inference, jobs
+from workshop import dataset, jobs
+from workshop.serving import inference
 
 WINDOW = 10  # SageMaker's is 120 s; nothing in the container acts on the signal either way
 SLOW = {"epochs": 60, "batch-size": 16}  # far more than the test lets it train

@@ -17,9 +17,10 @@ import numpy as np
 import pytest
 from aws_fixtures import sdk_offline  # noqa: F401  (telemetry off: nothing leaves the machine)
 
-from workshop import PHASE0_DIR, RUNS_DIR, SRC_DIR, dataset, images, inference, jobs, run_notebooks
+from workshop import PHASE0_DIR, RUNS_DIR, SRC_DIR, dataset, images, jobs, records, run_notebooks
 from workshop.entry_points import ENTRY_POINTS
 from workshop.images import SERVING_2_20_CPU, TRAINING_2_21_CPU
+from workshop.serving import inference
 
 IMAGES = {  # the image's ECR URI -> what the real image carries (platform-facts.md)
     TRAINING_2_21_CPU: {"python": "3.12", "tensorflow": "2.21.0", "keras": "3.15.1",
@@ -140,7 +141,7 @@ def test_entry_point_in_its_image(sdk_offline, cifar_data_dir, capfd, script, co
     estimator.fit(jobs.data_channels("local", cifar_data_dir))
     result = jobs.result_of(estimator)
     text = capfd.readouterr().out
-    metrics = check_job(jobs.headline(result), text, cifar_data_dir, workers=count)
+    metrics = check_job(records.headline(result), text, cifar_data_dir, workers=count)
     assert metrics["tensorflow"].startswith(ENTRY_POINTS_BY_SCRIPT[script].framework_version)
     if count > 1:
         check_ranks(text, count)
@@ -209,12 +210,12 @@ def test_4_1_deploys_and_transforms_in_the_inference_image(sdk_offline, tmp_path
     import tensorflow as tf
 
     assert containers_of(INFERENCE_IMAGE) == []  # nothing left over from an earlier run
-    if jobs.load_result("1.2") is None:  # the model to deploy, trained in process mode
+    if records.load_result("1.2") is None:  # the model to deploy, trained in process mode
         path = next(p for p in run_notebooks.notebooks() if p.name.startswith("1.2."))
         outcome = run_notebooks.execute(path, {"DATA_DIR": str(cifar_data_dir), **SMALL},
                                         output_dir=tmp_path / "1.2")
         assert outcome["ok"], outcome["error"]
-    trained = jobs.load_result("1.2")
+    trained = records.load_result("1.2")
     shutil.rmtree(RUNS_DIR / "4.1-deploy" / "transform-out", ignore_errors=True)
     path = next(p for p in run_notebooks.notebooks() if p.name.startswith("4.1."))
     outcome = run_notebooks.execute(path, {"MODE": "local", "DATA_DIR": str(cifar_data_dir),

@@ -7,7 +7,7 @@ import re
 import nbformat
 import pytest
 
-from workshop import RUNS_DIR, compare_runs, jobs, run_notebooks
+from workshop import RUNS_DIR, records, run_notebooks
 from workshop.entry_points import BY_NOTEBOOK
 
 NOTEBOOKS = run_notebooks.notebooks()
@@ -85,7 +85,7 @@ def test_1_1_trains_in_the_kernel_above_chance(tmp_path, cifar_data_dir):
     assert (RUNS_DIR / "1.1-scratch" / "model" / "1" / "saved_model.pb").exists()
     assert any(run["notebook"] == "1.1" and run["mode"] == "kernel"
                and run["eval_accuracy"] == result["eval_accuracy"]
-               for run in compare_runs.load_runs())  # recorded for 5.0
+               for run in records.load_runs())  # recorded for 5.0
     assert pictures(notebook) >= 4  # samples, curves, confusion matrix, predictions
     text = "".join(o.get("text", "") for c in notebook.cells for o in c.get("outputs", []))
     assert "keras.layers.Conv2D(" in text and ".map(" in text  # the model and pipeline, shown
@@ -108,7 +108,7 @@ def test_script_mode_notebook_trains_in_process_mode(tmp_path, cifar_data_dir, n
     assert result["images_per_sec"] > 0
     assert pictures(notebook) >= 2  # training curves, predictions of the model artifact
     assert run_notebooks.result_line(notebook) == result
-    (record,) = [r for r in compare_runs.load_runs() if r["job_name"] == result["job_name"]]
+    (record,) = [r for r in records.load_runs() if r["job_name"] == result["job_name"]]
     assert record["notebook"] == number and record["instance_count"] == 1
     assert record["eval_accuracy"] == result["eval_accuracy"]
 
@@ -117,7 +117,7 @@ def test_script_mode_notebook_trains_in_process_mode(tmp_path, cifar_data_dir, n
                                              ("3.2", "2.1")])
 def test_distributed_notebook_trains_on_two_processes(tmp_path, cifar_data_dir, number, sibling):
     small = {"DATA_DIR": str(cifar_data_dir), "EPOCHS": 3, "BATCH_SIZE": 32, "LEARNING_RATE": 0.02}
-    if jobs.load_result(sibling) is None:  # the comparison needs the single-process run
+    if records.load_result(sibling) is None:  # the comparison needs the single-process run
         run(tmp_path / sibling, sibling, **small)
     result, notebook = run(tmp_path, number, **small)
     assert result["mode"] == "process" and result["workers"] == 2 and result["epochs"] == 3
@@ -129,9 +129,9 @@ def test_distributed_notebook_trains_on_two_processes(tmp_path, cifar_data_dir, 
 
 def test_5_0_compares_every_recorded_run(tmp_path, cifar_data_dir):
     """Runs after the training notebooks in the full suite; alone, it makes one run first."""
-    if not compare_runs.load_runs():
+    if not records.load_runs():
         run(tmp_path / "1.2", "1.2", DATA_DIR=str(cifar_data_dir), EPOCHS=1, BATCH_SIZE=64)
-    recorded = compare_runs.load_runs()
+    recorded = records.load_runs()
     result, notebook = run(tmp_path, "5.0")
     assert result["runs"] == len(recorded) >= 1
     assert result["notebooks"] == sorted({r["notebook"] for r in recorded})
@@ -192,9 +192,9 @@ def test_a_failing_cell_keeps_its_error_after_the_sdk_loaded_sagemaker_core(tmp_
 def test_4_1_serves_1_2s_model_in_process_mode(tmp_path, cifar_data_dir):
     """Deploys the last 1.2 model on the TF Serving stand-in through the SDK's predictor."""
     small = {"DATA_DIR": str(cifar_data_dir), "EPOCHS": 2, "BATCH_SIZE": 64}
-    if jobs.load_result("1.2") is None:  # the model to deploy
+    if records.load_result("1.2") is None:  # the model to deploy
         run(tmp_path / "1.2", "1.2", **small)
-    trained = jobs.load_result("1.2")
+    trained = records.load_result("1.2")
     result, notebook = run(tmp_path, "4.1", DATA_DIR=str(cifar_data_dir), BATCH_SIZE=100)
     # Same SavedModel, same 256 eval images: exactly the training job's metrics.json accuracy.
     assert result["accuracy"] == pytest.approx(trained["eval_accuracy"], abs=1e-9)

@@ -37,7 +37,7 @@ def test_no_parameter_names_a_retired_p3_type(path):
 
 
 def test_no_default_or_code_cell_names_a_p3_type():
-    sources = [p.read_text() for p in (PHASE0_DIR / "workshop").glob("*.py")]
+    sources = [p.read_text() for p in (PHASE0_DIR / "workshop").rglob("*.py")]
     sources += [c.source for path in run_notebooks.notebooks()
                 for c in nbformat.read(path, as_version=4).cells if c.cell_type == "code"]
     assert not [s for s in sources if P3.search(s)]

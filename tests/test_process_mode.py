@@ -20,7 +20,7 @@ from aws_fixtures import *  # noqa: F401,F403 - sdk_offline, probe_estimator
 from aws_fixtures import PROBE_DIR
 
 from workshop import jobs, progress
-from workshop.process_mode import JobFailed, JobStoppedWarning, run_process_job
+from workshop.process_mode.runner import JobFailed, JobStoppedWarning, run_process_job
 
 MPI = {"mpi": {"enabled": True, "processes_per_host": 2}}
 MWMS = {"multi_worker_mirrored_strategy": {"enabled": True}}
@@ -323,7 +323,7 @@ KERNEL = """
 import sys
 from sagemaker.tensorflow import TensorFlow
 from workshop import jobs
-from workshop.process_mode import run_process_job
+from workshop.process_mode.runner import run_process_job
 
 probe_dir, train, runs = sys.argv[1:]
 estimator = TensorFlow(
@@ -338,7 +338,7 @@ run_process_job(estimator, {"train": train}, job_name="probe-orphans", runs_dir=
 
 def test_a_killed_kernel_leaves_no_training_process(sdk_offline, channels, runs):  # noqa: F811
     """A notebook kernel SIGKILLed mid-job runs no cleanup; the job's 4 ranks and mpirun still
-    go, within seconds (workshop/watchdog.py)."""
+    go, within seconds (workshop/process_mode/watchdog.py)."""
     kernel = subprocess.Popen([sys.executable, "-c", KERNEL, str(PROBE_DIR), channels["train"],
                                str(runs)], stdout=subprocess.DEVNULL)
     job_dir = runs / "probe-orphans"

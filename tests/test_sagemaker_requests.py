@@ -17,7 +17,18 @@ import pytest
 from aws_fixtures import *  # noqa: F401,F403 - moto_server, sdk_offline
 from notebook_cells import run_up_to_estimator
 
-from workshop import PHASE0_DIR, SRC_DIR, compare_runs, dataset, images, instances, jobs
+from workshop import (
+    PHASE0_DIR,
+    SRC_DIR,
+    budget,
+    compare_runs,
+    dataset,
+    environment,
+    images,
+    instances,
+    jobs,
+    records,
+)
 from workshop.entry_points import ENTRY_POINTS
 
 BUCKET = "workshop-requests-test"
@@ -185,8 +196,8 @@ def test_local_data_channels_are_file_uris(tmp_path):
 
 def test_local_mode_without_docker_says_what_is_missing(monkeypatch, tmp_path):
     monkeypatch.setenv("PATH", str(tmp_path))  # no docker on it
-    with pytest.raises(jobs.ModeUnavailable, match="needs Docker.*MODE='process'"):
-        jobs.check_mode_available("local")
+    with pytest.raises(environment.ModeUnavailable, match="needs Docker.*MODE='process'"):
+        environment.check_mode_available("local")
 
 
 @pytest.mark.parametrize("helper, arguments", [
@@ -327,8 +338,8 @@ def test_host_result_is_collected_recorded_and_costed(s3_channels, tmp_path):
         "ml.p4d.24xlarge", 2, True)
     assert (result.training_seconds, result.billable_seconds) == (1000, 300)
 
-    jobs.save_result("3.1", result, runs_dir=tmp_path)
-    (record,) = compare_runs.load_runs(tmp_path)
+    records.save_result("3.1", result, runs_dir=tmp_path)
+    (record,) = records.load_runs(tmp_path)
     assert record["notebook"] == "3.1" and record["job_name"] == result.job_name
     prices = {"region": REGION, "spot": "test", "prices": [
         {"instance_type": "ml.p4d.24xlarge", "usage": "training", "usd_per_hour": 36.0,
@@ -346,8 +357,8 @@ def test_a_price_table_needs_its_date_and_source(tmp_path):
     path.write_text(json.dumps({"region": REGION, "spot": "x", "prices": [
         {"instance_type": "ml.g5.xlarge", "usage": "training", "usd_per_hour": 1.0}]}))
     with pytest.raises(ValueError, match="needs its source and the date"):
-        compare_runs.load_prices(path)
-    shipped = compare_runs.load_prices()
+        budget.load_prices(path)
+    shipped = budget.load_prices()
     assert shipped["region"] == REGION
     assert all(e["source"] and e["source_date"] for e in shipped["prices"] if e["usd_per_hour"])
 

@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 from aws_fixtures import moto_server, sdk_offline  # noqa: F401  (moto_server on loopback)
 
-from workshop import sdk
+from workshop import sdk_version
 
 ROOT = Path(__file__).resolve().parents[1]
 SDK3_PYTHON = ROOT / ".venv-sdk3" / "bin" / "python"
@@ -25,13 +25,13 @@ SDK3_PYTHON = ROOT / ".venv-sdk3" / "bin" / "python"
 
 
 def test_this_kernel_has_sdk_v2_and_the_guard_lets_it_pass():
-    assert sdk.installed_major() == 2
-    assert sdk.require(2) == 2
+    assert sdk_version.installed_major() == 2
+    assert sdk_version.require(2) == 2
 
 
 def test_a_v2_kernel_stops_a_v3_notebook_naming_the_v3_kernel():
-    with pytest.raises(sdk.WrongSDK) as stopped:
-        sdk.require(3)
+    with pytest.raises(sdk_version.WrongSDK) as stopped:
+        sdk_version.require(3)
     message = str(stopped.value)
     assert "SDK v3" in message and "has v2 (2.257.7)" in message
     assert '"Python 3 (CIFAR-10 workshop, SageMaker SDK v3)" (cifar-workshop-sdk3' in message
@@ -39,18 +39,18 @@ def test_a_v2_kernel_stops_a_v3_notebook_naming_the_v3_kernel():
 
 
 def test_a_kernel_without_sagemaker_is_told_what_to_install(monkeypatch):
-    monkeypatch.setattr(sdk, "installed_major", lambda: None)
-    with pytest.raises(sdk.WrongSDK, match="has no `sagemaker` package.*requirements.txt"):
-        sdk.require(2)
-    assert sdk.require(2, missing_ok=True) is None  # 0.0 with INSTALL = True installs it
+    monkeypatch.setattr(sdk_version, "installed_major", lambda: None)
+    with pytest.raises(sdk_version.WrongSDK, match="has no `sagemaker` package.*requirements.txt"):
+        sdk_version.require(2)
+    assert sdk_version.require(2, missing_ok=True) is None  # 0.0 with INSTALL = True installs it
 
 
 def test_a_v3_kernel_stops_the_v2_notebooks_first_cell():
     """In .venv-sdk3, a training notebook's first cell (notebook.start) stops with the kernel to
     pick, before any `import sagemaker.tensorflow` could fail."""
-    code = ("from workshop import notebook, sdk\n"
+    code = ("from workshop import notebook, sdk_version\n"
             "try:\n    notebook.start('local', 'data/cifar10')\n"
-            "except sdk.WrongSDK as err:\n    print('STOPPED', err)\n")
+            "except sdk_version.WrongSDK as err:\n    print('STOPPED', err)\n")
     out = subprocess.run([str(SDK3_PYTHON), "-c", code], capture_output=True, text=True,
                          timeout=120, env=sdk3_env())
     assert out.returncode == 0, out.stderr[-2000:]
@@ -227,15 +227,15 @@ SMALL = {"EPOCHS": 2, "BATCH_SIZE": 32, "LEARNING_RATE": 0.02}
 
 @pytest.fixture(scope="module")
 def v2_local_1_2(sdk_offline, cifar_data_dir, tmp_path_factory):  # noqa: F811
-    from workshop import run_notebooks, sdk3
+    from workshop import records, run_notebooks
 
-    record, _ = sdk3.v2_record("1.2", SMALL["EPOCHS"])
+    record, _ = records.latest_local_run("1.2", SMALL["EPOCHS"])
     if record is None:
         (path,) = run_notebooks.notebooks(only=["1.2"])
         outcome = run_notebooks.execute(path, {"MODE": "local", "DATA_DIR": str(cifar_data_dir),
                                                **SMALL}, output_dir=tmp_path_factory.mktemp("v2"))
         assert outcome["ok"], outcome["error"]
-        record, why = sdk3.v2_record("1.2", SMALL["EPOCHS"])
+        record, why = records.latest_local_run("1.2", SMALL["EPOCHS"])
         assert record, why
     return record
 

@@ -27,8 +27,9 @@ import pytest
 from test_distributed import KERAS3_PYTHON, MPIRUN, SRC, rank_dirs, script_args
 from test_entry_points import clean_env, standalone
 
-from workshop import dataset, inference, jobs, resume
-from workshop.process_mode import JobStoppedWarning, run_process_job
+from workshop import dataset, jobs, resume
+from workshop.process_mode.runner import JobStoppedWarning, run_process_job
+from workshop.serving import inference
 
 # Past start-up (8-25 s here when the suite runs alone) and into training, far shorter than 60
 # epochs (train_tf.py's progress bar showed about 1.5 s an epoch at batch 16 here, so 30 epochs

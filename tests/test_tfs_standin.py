@@ -23,8 +23,9 @@ import urllib3
 from aws_fixtures import *  # noqa: F401,F403 - sdk_offline
 from botocore.exceptions import ClientError
 
-from workshop import PHASE0_DIR, deploy, jobs, tfs_standin
-from workshop.tfs_standin import NO_MODELS, NoModelsError, find_models, rewrite_invocation
+from workshop import PHASE0_DIR, jobs
+from workshop.serving import deploy, tfs_standin
+from workshop.serving.tfs_standin import NO_MODELS, NoModelsError, find_models, rewrite_invocation
 
 HTTP = urllib3.PoolManager()
 JSON = "application/json"
@@ -364,13 +365,13 @@ def test_bad_model_tar_fails_at_start_saying_no_savedmodel(tmp_path, content):
         (tmp_path / "content" / "README").write_text("no model here")
         pack(tmp_path / "content", artifact)
     with pytest.raises(RuntimeError, match=NO_MODELS):
-        deploy.unpack_model(artifact, tmp_path / "model")
+        deploy.unpack_for_serving(artifact, tmp_path / "model")
 
 
 def test_server_refuses_to_start_without_models(tmp_path):
     (tmp_path / "model").mkdir()
     started = subprocess.run(
-        [sys.executable, "-m", "workshop.tfs_standin", "serve", "--model-dir",
+        [sys.executable, "-m", "workshop.serving.tfs_standin", "serve", "--model-dir",
          str(tmp_path / "model"), "--port", "1"], capture_output=True, text=True, timeout=120,
         env={**os.environ, "PYTHONPATH": str(PHASE0_DIR)})  # this checkout's workshop package
     assert started.returncode == 1

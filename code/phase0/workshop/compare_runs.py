@@ -1,6 +1,6 @@
 """Every run this machine has made, side by side (notebook 5.0): accuracy, speed, time, cost.
 
-Each training notebook records its run with ``jobs.save_result`` as
+Each training notebook records its run with ``records.save_result`` as
 ``runs/results/runs/<job>.json``. Cost applies to host runs only, from SageMaker's own figures:
 
   on-demand estimate = TrainingTimeInSeconds x InstanceCount x price per instance-hour / 3600
@@ -13,27 +13,13 @@ Prices are the training prices of ``prices.json`` (the budget guard's table), ea
 and the date the source shows; a type with no price there gets no estimate.
 """
 
-import json
-from pathlib import Path
 
-from . import RUNS_DIR, budget
+from . import budget
 
 PRICES_PATH = budget.PRICES_PATH
 COLUMNS = ("notebook", "mode", "job_name", "instance_type", "instance_count", "spot", "epochs",
            "workers", "eval_accuracy", "images_per_sec", "wall_seconds", "billable_seconds",
            "usd_per_hour", "on_demand_usd", "billed_usd")
-
-
-def load_runs(runs_dir=None):
-    """The recorded runs, oldest first."""
-    folder = Path(runs_dir or RUNS_DIR) / "results" / "runs"
-    records = [json.loads(path.read_text()) for path in sorted(folder.glob("*.json"))]
-    return sorted(records, key=lambda record: record.get("recorded_at", ""))
-
-
-def load_prices(path=PRICES_PATH):
-    """prices.json (or another table in its format), checked by budget.load_prices."""
-    return budget.load_prices(path)
 
 
 def training_price(instance_type, prices):

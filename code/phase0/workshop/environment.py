@@ -1,15 +1,20 @@
 """What this machine can run: versions, GPUs, where we are, and which MODEs work here and why.
 
-Everything here reports; nothing raises when AWS or Docker is missing.
+The machine checks live here, once: ``check_mode_available`` raises ``ModeUnavailable`` naming
+what a MODE lacks (the notebooks' first cell calls it); ``report`` only reports, and raises
+nothing when AWS or Docker is missing.
 """
 
 import importlib.metadata
 import json
 import os
 import platform
+import shutil
 import subprocess
 import sys
 from pathlib import Path
+
+MODES = ("process", "local", "host")
 
 
 def version(package):
@@ -55,8 +60,6 @@ def where_am_i():
 
 def mode_status(mode):
     """(usable, why not), by the same checks the training notebooks run before a job."""
-    from .jobs import ModeUnavailable, check_mode_available
-
     try:
         check_mode_available(mode)
     except ModeUnavailable as err:
@@ -114,3 +117,83 @@ def print_report(facts):
 
 if __name__ == "__main__":  # what report(python) reads from another kernel's Python
     print(json.dumps(report()))
+
+
+# ------------------------------------------------------------ checks before a job
+
+
+class ModeUnavailable(RuntimeError):
+    """This machine cannot run the chosen MODE; the message says what is missing."""
+
+
+
+def check_mode(mode):
+    if mode not in MODES:
+        raise ValueError(f"MODE must be one of {MODES}, got {mode!r}")
+    return mode
+
+
+
+def nvidia_gpu_present():
+    return command_succeeds(["nvidia-smi", "-L"])
+
+
+
+def check_mode_available(mode, role=None, horovod=False):
+    """Raise ModeUnavailable naming what this machine lacks for ``mode``; ``horovod``: the
+    notebook's entry point runs under mpirun with Horovod (1.5, 2.2, 3.1)."""
+    check_mode(mode)
+    if mode == "process" and horovod:
+        check_horovod()
+    elif mode == "local":
+        check_docker()
+    elif mode == "host":
+        check_aws(role)
+
+
+def check_docker():
+    fix = "Start Docker (or use MODE='process', which needs neither)."
+    if not shutil.which("docker"):
+        raise ModeUnavailable(f"MODE='local' needs Docker: no `docker` command here. {fix}")
+    if not command_succeeds(["docker", "info"]):
+        raise ModeUnavailable(f"MODE='local' needs a running Docker engine: `docker info` "
+                              f"fails. {fix}")
+    if not (command_succeeds(["docker", "compose", "version"])
+            or command_succeeds(["docker-compose", "version"])):
+        raise ModeUnavailable("MODE='local' needs docker compose (the SDK starts the training "
+                              "containers with it): install the compose plugin. " + fix)
+
+
+def check_horovod():
+    """Process mode runs the Horovod ranks in this kernel's Python, started by mpirun."""
+    others = "or use MODE='local' (Docker; the 2.12 image has Horovod) or MODE='host'"
+    version, problem = horovod_status()
+    if version is None:
+        raise ModeUnavailable(f"MODE='process' runs this notebook's Horovod ranks in this "
+                              f"kernel, which has no Horovod ({problem}): {horovod_fix()}, "
+                              f"{others}.")
+    if not shutil.which("mpirun"):
+        raise ModeUnavailable(f"MODE='process' starts the Horovod ranks with Open MPI's mpirun, "
+                              f"which this machine lacks: install Open MPI (Debian/Ubuntu: "
+                              f"`apt-get install openmpi-bin`), {others}.")
+
+
+def check_aws(role):
+    import boto3
+
+    from .jobs import role_for, session_for  # the role lookup host mode uses
+
+    session = boto3.Session()
+    if session.get_credentials() is None:
+        raise ModeUnavailable("MODE='host' needs AWS credentials: run `aws configure`, set "
+                              "AWS_PROFILE, or use a SageMaker notebook's role.")
+    if not session.region_name:
+        raise ModeUnavailable("MODE='host' needs an AWS region: set AWS_DEFAULT_REGION.")
+    role_for("host", role, session_for("host"))
+
+
+def command_succeeds(command, timeout=20):
+    try:
+        return subprocess.run(command, capture_output=True, timeout=timeout).returncode == 0
+    except (OSError, subprocess.SubprocessError):
+        return False

@@ -31,27 +31,25 @@ import json
 import logging
 import os
 import shutil
-import subprocess
 import sys
 import tarfile
 import time
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
 from pathlib import Path
 from typing import Optional
 
 from . import DEFAULT_DATA_DIR, RUNS_DIR, SRC_DIR, audit, entry_points, images, instances, resolve
 from .dataset import CHANNELS_NAME, SPLITS
-from .files import write_json_atomic
+from .environment import ModeUnavailable, check_mode, nvidia_gpu_present
 from .log_format import METRIC_DEFINITIONS  # noqa: F401  (notebooks use jobs.METRIC_DEFINITIONS)
-from .process_mode import run_process_job
+from .process_mode.runner import run_process_job
+from .records import headline
 
 # Harmless for everyone: silences the SDK v2 deprecation banner printed at import, and the
 # SDK's "Not applying SDK defaults from location ..." notices on every Estimator.
 os.environ.setdefault("SAGEMAKER_SUPPRESS_V2_WARNING", "1")
 logging.getLogger("sagemaker.config").setLevel(logging.WARNING)
 
-MODES = ("process", "local", "host")
 DEFAULT_HOST_INSTANCE = "ml.g5.xlarge"  # one A10G GPU; P3 is retired
 DEFAULT_REGION = "us-east-1"  # process/local only name images with it; nothing is called
 # Never used to call AWS: process and local mode only need the Estimator to have a role.
@@ -59,10 +57,6 @@ OFFLINE_ROLE = "arn:aws:iam::111111111111:role/workshop-offline-no-aws"
 OFFLINE_BUCKET = "workshop-offline-no-aws"  # process/local sessions: never created or used
 LOCAL_OUTPUT = "local-output"  # local mode's output_path under runs/
 
-
-
-class ModeUnavailable(RuntimeError):
-    """This machine cannot run the chosen MODE; the message says what is missing."""
 
 
 @dataclass
@@ -87,12 +81,6 @@ class JobResult:
 
 
 # ------------------------------------------------------------ mode-dependent Estimator values
-
-
-def check_mode(mode):
-    if mode not in MODES:
-        raise ValueError(f"MODE must be one of {MODES}, got {mode!r}")
-    return mode
 
 
 def session_for(mode, bucket=None):
@@ -131,10 +119,6 @@ def instance_type_for(mode, instance_type, instance_count=1):
     if mode == "local" and instance_count == 1 and nvidia_gpu_present():
         return "local_gpu"
     return "local"  # process mode: only read, never fit
-
-
-def nvidia_gpu_present():
-    return command_succeeds(["nvidia-smi", "-L"])
 
 
 def role_for(mode, role_arn, session):
@@ -274,66 +258,6 @@ def data_channels(mode, data_dir=DEFAULT_DATA_DIR):
 # ------------------------------------------------------------------------------- running
 
 
-def check_mode_available(mode, role=None, horovod=False):
-    """Raise ModeUnavailable naming what this machine lacks for ``mode``; ``horovod``: the
-    notebook's entry point runs under mpirun with Horovod (1.5, 2.2, 3.1)."""
-    check_mode(mode)
-    if mode == "process" and horovod:
-        check_horovod()
-    elif mode == "local":
-        check_docker()
-    elif mode == "host":
-        check_aws(role)
-
-
-def check_docker():
-    fix = "Start Docker (or use MODE='process', which needs neither)."
-    if not shutil.which("docker"):
-        raise ModeUnavailable(f"MODE='local' needs Docker: no `docker` command here. {fix}")
-    if not command_succeeds(["docker", "info"]):
-        raise ModeUnavailable(f"MODE='local' needs a running Docker engine: `docker info` "
-                              f"fails. {fix}")
-    if not (command_succeeds(["docker", "compose", "version"])
-            or command_succeeds(["docker-compose", "version"])):
-        raise ModeUnavailable("MODE='local' needs docker compose (the SDK starts the training "
-                              "containers with it): install the compose plugin. " + fix)
-
-
-def check_horovod():
-    """Process mode runs the Horovod ranks in this kernel's Python, started by mpirun."""
-    from .environment import horovod_fix, horovod_status
-
-    others = "or use MODE='local' (Docker; the 2.12 image has Horovod) or MODE='host'"
-    version, problem = horovod_status()
-    if version is None:
-        raise ModeUnavailable(f"MODE='process' runs this notebook's Horovod ranks in this "
-                              f"kernel, which has no Horovod ({problem}): {horovod_fix()}, "
-                              f"{others}.")
-    if not shutil.which("mpirun"):
-        raise ModeUnavailable(f"MODE='process' starts the Horovod ranks with Open MPI's mpirun, "
-                              f"which this machine lacks: install Open MPI (Debian/Ubuntu: "
-                              f"`apt-get install openmpi-bin`), {others}.")
-
-
-def check_aws(role):
-    import boto3
-
-    session = boto3.Session()
-    if session.get_credentials() is None:
-        raise ModeUnavailable("MODE='host' needs AWS credentials: run `aws configure`, set "
-                              "AWS_PROFILE, or use a SageMaker notebook's role.")
-    if not session.region_name:
-        raise ModeUnavailable("MODE='host' needs an AWS region: set AWS_DEFAULT_REGION.")
-    role_for("host", role, session_for("host"))
-
-
-def command_succeeds(command, timeout=20):
-    try:
-        return subprocess.run(command, capture_output=True, timeout=timeout).returncode == 0
-    except (OSError, subprocess.SubprocessError):
-        return False
-
-
 def run_in_process(estimator, inputs, runs_dir=RUNS_DIR, logs=True):
     """Process mode: the estimator's entry point on this machine, under the container's contract
     (process_mode.py), with a progress bar. Returns the JobResult; a job stopped at max_run
@@ -426,7 +350,7 @@ def with_status(result, status, reason, last_epoch_logged):
     (a host job killed at max_run writes no metrics.json) from the model it last exported."""
     result.status = status
     if status == "Stopped":
-        from .inference import exported_epoch
+        from .serving.inference import exported_epoch
 
         result.stop_reason = reason
         result.stopped_after_epoch = result.metrics.get("stopped_after_epoch",
@@ -437,40 +361,6 @@ def with_status(result, status, reason, last_epoch_logged):
 
 
 # ------------------------------------------------------------------------------- reporting
-
-
-def headline(result):
-    """The figures a notebook prints on its RESULT line."""
-    metrics = result.metrics
-    return {"mode": result.mode, "job_name": result.job_name, "status": result.status,
-            "eval_accuracy": metrics.get("eval_accuracy"), "epochs": metrics.get("epochs"),
-            "workers": metrics.get("workers"), "images_per_sec": metrics.get("images_per_sec"),
-            "epoch_seconds": metrics.get("epoch_seconds"), "wall_seconds": result.wall_seconds}
-
-
-def save_result(notebook, result, runs_dir=None):
-    """Remember a run: its headline as the notebook's latest (runs/results/<notebook>.json, for
-    the distributed notebooks' comparison) and as one record of every run this machine has made
-    (runs/results/runs/<job>.json, for 5.0), with its model.tar.gz for 4.1. Returns the record's
-    path."""
-    results = Path(runs_dir or RUNS_DIR) / "results"
-    (results / "runs").mkdir(parents=True, exist_ok=True)
-    artifact = str(result.model_artifact) if result.model_artifact else None  # 4.1 deploys it
-    write_json_atomic(results / f"{notebook}.json",
-                      {"notebook": notebook, **headline(result), "model_artifact": artifact})
-    record = {"notebook": notebook, **headline(result), "model_artifact": artifact,
-              "instance_type": result.instance_type, "instance_count": result.instance_count,
-              "spot": result.spot, "training_seconds": result.training_seconds,
-              "billable_seconds": result.billable_seconds,
-              "recorded_at": datetime.now(timezone.utc).isoformat(timespec="seconds")}
-    path = results / "runs" / f"{result.job_name}.json"
-    write_json_atomic(path, record)
-    return path
-
-
-def load_result(notebook, runs_dir=None):
-    path = Path(runs_dir or RUNS_DIR) / "results" / f"{notebook}.json"
-    return json.loads(path.read_text()) if path.exists() else None
 
 
 def compare(baseline, result):

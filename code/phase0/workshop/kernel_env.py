@@ -21,11 +21,11 @@ from pathlib import Path
 
 from . import PHASE0_DIR
 from .files import write_atomic
-from .sdk import KERNELS
+from .sdk_version import KERNELS
 
 REPO = PHASE0_DIR.parent.parent
 # What each SageMaker SDK major's environment is built from (as make setup builds .venv and
-# .venv-sdk3); its kernel's name and display name are sdk.KERNELS'.
+# .venv-sdk3); its kernel's name and display name are sdk_version.KERNELS'.
 SOURCES = {2: (REPO / "requirements.txt", REPO / "constraints.txt"),
            3: (REPO / "requirements-sdk3.txt", REPO / "constraints-sdk3.txt")}
 KERNEL = KERNELS[2][0]
@@ -232,7 +232,7 @@ def main(argv=None):
     each environment; the kernel is the one for that environment's SageMaker SDK."""
     import argparse
 
-    from .sdk import installed_major
+    from .sdk_version import installed_major
 
     parser = argparse.ArgumentParser(description=main.__doc__)
     parser.add_argument("command", choices=["register"])

@@ -6,16 +6,16 @@ import json
 import os
 import time
 
-from . import SRC_DIR, entry_points, jobs, resolve, sdk
+from . import SRC_DIR, entry_points, environment, jobs, records, resolve, sdk_version
 
 
 def start(mode, data_dir, role_arn="", horovod=False):
-    """Check that this kernel has SageMaker SDK v2 (sdk.WrongSDK names the kernel to pick) and
+    """Check that this kernel has SageMaker SDK v2 (sdk_version.WrongSDK names the kernel) and
     that MODE can run here (ModeUnavailable says what is missing; ``horovod``: the notebook's
     ranks need Horovod in process mode); the data folder."""
-    sdk.require(2)
+    sdk_version.require(2)
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "1")  # hide TF start-up notices, here and in jobs
-    jobs.check_mode_available(mode, role=role_arn or None, horovod=horovod)
+    environment.check_mode_available(mode, role=role_arn or None, horovod=horovod)
     return resolve(data_dir)
 
 
@@ -43,7 +43,8 @@ def progress(estimator):
 def show_run(result, data_dir, epochs):
     """One line of figures and the per-epoch curves. A job stopped at max_run still has a model:
     it is evaluated here on the eval split, and the line says how to continue the job."""
-    from . import dataset, inference, plots
+    from . import dataset, plots
+    from .serving import inference
 
     if result.status == "Stopped":
         signature = inference.load_signature(result.model_artifact)
@@ -67,7 +68,8 @@ def show_run(result, data_dir, epochs):
 
 def show_predictions(result, data_dir, count=16):
     """Load model.tar.gz's serving signature and predict eval images with it."""
-    from . import dataset, inference, plots
+    from . import dataset, plots
+    from .serving import inference
 
     signature = inference.load_signature(result.model_artifact)
     images, labels = dataset.read_examples(data_dir, "eval", count)
@@ -76,8 +78,8 @@ def show_predictions(result, data_dir, count=16):
 
 def finish(notebook, result):
     """Record the run (runs/results/) and print the notebook's RESULT line."""
-    jobs.save_result(notebook, result)
-    print("RESULT " + json.dumps(jobs.headline(result)))
+    records.save_result(notebook, result)
+    print("RESULT " + json.dumps(records.headline(result)))
 
 
 def record_kernel_run(notebook, eval_accuracy, epochs, wall_seconds):
@@ -87,4 +89,4 @@ def record_kernel_run(notebook, eval_accuracy, epochs, wall_seconds):
         metrics={"eval_accuracy": round(float(eval_accuracy), 4), "epochs": epochs,
                  "workers": 1},
         wall_seconds=round(wall_seconds, 1), instance_type="this machine")
-    return jobs.save_result(notebook, result)
+    return records.save_result(notebook, result)

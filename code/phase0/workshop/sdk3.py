@@ -22,10 +22,10 @@ import sys
 import time
 from pathlib import Path
 
-from . import RUNS_DIR, audit, budget, images, instances, jobs, resolve
-from .jobs import ModeUnavailable
+from . import RUNS_DIR, audit, budget, environment, images, instances, jobs, resolve
+from .environment import ModeUnavailable
 
-MODES = ("local", "host")
+V3_MODES = ("local", "host")
 LOCAL_INSTANCE_TYPE = "local_cpu"  # v3's name; "local_gpu" for GPUs
 REGION_DEFAULT = jobs.DEFAULT_REGION
 # What the drivers print: the command they run, and the interface local mode names.
@@ -34,19 +34,19 @@ RANK_LINE = re.compile(r"(rank|worker) (\d+)/(\d+): trained on \d+ records/epoch
                        r"\(shard (\d+) of \d+\), weights fingerprint ([0-9a-f]{8})")
 
 
-def start(mode, data_dir):
+def v3_start(mode, data_dir):
     """Check that MODE can run v3 here (ModeUnavailable says what is missing); the data folder."""
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "1")
     # v3's own ModelTrainer imports its deprecated configs shim: not the learner's to fix.
     import warnings
     warnings.filterwarnings("ignore", message="sagemaker.train.configs has been moved")
     logging.getLogger("sagemaker.config").setLevel(logging.WARNING)
-    if mode not in MODES:
+    if mode not in V3_MODES:
         raise ModeUnavailable(
             f"MODE={mode!r}: SDK v3 runs its driver scripts inside the training container, so "
             f"it needs Docker (MODE='local') or AWS (MODE='host'); there is no process mode.")
     if mode == "local":
-        jobs.check_docker()
+        environment.check_docker()
     else:
         import boto3
 
@@ -63,7 +63,7 @@ def region():
     return boto3.Session().region_name or REGION_DEFAULT
 
 
-def session_for(mode, bucket=""):
+def v3_session_for(mode, bucket=""):
     """host: a v3 Session (its default bucket, or S3_BUCKET); local: None (nothing is uploaded)."""
     if mode != "host":
         return None
@@ -73,17 +73,17 @@ def session_for(mode, bucket=""):
     return Session(boto_session=boto3.Session(), default_bucket=bucket or None)
 
 
-def role_for(mode, role_arn):
+def v3_role_for(mode, role_arn):
     """host: ROLE_ARN, else v3's lookup of this notebook's role (None lets ModelTrainer look)."""
     return (role_arn or None) if mode == "host" else None
 
 
-def instance_type_for(mode, instance_type):
+def v3_instance_type_for(mode, instance_type):
     """host: INSTANCE_TYPE; local: v3's "local_cpu" (multi-container jobs run on CPUs)."""
     return instance_type if mode == "host" else LOCAL_INSTANCE_TYPE
 
 
-def image_for(mode, instance_type, gpu, cpu):
+def v3_image_for(mode, instance_type, gpu, cpu):
     """The URI of the ``gpu`` tag on a GPU instance in host mode, else of ``cpu`` (v3's local
     containers run on CPUs here), in this region's registry: for the images v3's
     ``image_uris.retrieve`` does not know (TF 2.21 training, TF Serving 2.20)."""
@@ -91,7 +91,7 @@ def image_for(mode, instance_type, gpu, cpu):
     return images.uri(gpu if use_gpu else cpu, region())
 
 
-def tags_for(notebook):
+def v3_tags_for(notebook):
     """The workshop's tags (audit.tags_for) as v3's Tag objects, for ModelTrainer and the
     Model, EndpointConfig and Endpoint resources, so 4.1's and 5.0's audit finds them."""
     from sagemaker.core.shapes import Tag
@@ -128,7 +128,7 @@ def image_instance_type(mode, instance_type):
     return instance_type if mode == "host" else "ml.c5.xlarge"
 
 
-def spot_for(mode, use_spot):
+def v3_spot_for(mode, use_spot):
     return bool(use_spot) and mode == "host"
 
 
@@ -229,7 +229,7 @@ def mpi_summary(log, instance_count, per_node):
             "ranks_finished": len(log.ranks()), "job_failed": log.error is not None}
 
 
-def result_of(trainer, mode, log):
+def v3_result_of(trainer, mode, log):
     """The JobResult of the trainer's last train(): artifacts in runs/<job>/, metrics.json."""
     if mode == "host":
         return _host_result(trainer)
@@ -288,16 +288,3 @@ def eval_images(data_dir, count=16):
         path.write_bytes(tar.extractfile(member).read())
         images, labels = load_batch(path)
     return images[:count], labels[:count]
-
-
-def v2_record(notebook, epochs):
-    """The latest recorded local-mode run of ``notebook`` (runs/results/runs/) that trained
-    EPOCHS epochs, or None; and why not."""
-    folder = RUNS_DIR / "results" / "runs"
-    records = [json.loads(path.read_text()) for path in sorted(folder.glob("*.json"))]
-    matching = [r for r in records if r.get("notebook") == notebook
-                and r.get("mode") == "local" and r.get("epochs") == epochs]
-    if not matching:
-        return None, (f"no local-mode run of {notebook} with EPOCHS={epochs} is recorded: run "
-                      f"{notebook} with MODE='local' and the same parameters first")
-    return max(matching, key=lambda r: r.get("recorded_at") or ""), None

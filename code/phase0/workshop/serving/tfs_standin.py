@@ -1,7 +1,7 @@
 """A stand-in for SageMaker's TensorFlow Serving container, for process mode (and a later local-mode
 image): the same HTTP contract on loopback, with the SavedModels run by TensorFlow in-process.
 
-    python -m workshop.tfs_standin [serve] [--model-dir /opt/ml/model] [--port 8080]
+    python -m workshop.serving.tfs_standin [serve] [--model-dir /opt/ml/model] [--port 8080]
 
 The real container (aws/deep-learning-containers, tensorflow/inference/.../sagemaker/) runs
 nginx (with a JavaScript module that rewrites requests) in front of tensorflow_model_server, plus
@@ -393,7 +393,7 @@ def serve(model_dir, port, host="127.0.0.1", threads=4, timeout=60):
 
     find_models(model_dir)  # fail before forking when there is nothing to serve
 
-    class StandIn(BaseApplication):
+    class GunicornApp(BaseApplication):
         def load_config(self):
             settings = {"bind": f"{host}:{port}", "workers": 1, "worker_class": "gthread",
                         "threads": threads, "timeout": timeout, "graceful_timeout": 5,
@@ -404,7 +404,7 @@ def serve(model_dir, port, host="127.0.0.1", threads=4, timeout=60):
         def load(self):  # in the worker: TensorFlow is not fork-safe once initialised
             return make_app(model_dir, port)
 
-    StandIn().run()
+    GunicornApp().run()
 
 
 def main(argv=None):

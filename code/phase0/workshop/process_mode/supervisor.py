@@ -16,7 +16,8 @@ Three ways a job ends early:
                        4.1.4 here). See process_mode.py for what the SageMaker image does.
   KeyboardInterrupt    (a notebook's "interrupt"): everything is stopped as for a failure and
                        the interrupt goes on to the caller.
-A kernel that dies (SIGKILL, crash) runs none of this: workshop/watchdog.py stops the job then.
+A kernel that dies (SIGKILL, crash) runs none of this: ``watchdog.py`` (beside this file) stops
+the job then.
 """
 
 import os
@@ -136,7 +137,8 @@ def supervise(procs, log, timeout, label_lines, processes_per_host,
 
 
 def start_watchdog(sessions):
-    """workshop/watchdog.py: stops these sessions' processes if this process dies first."""
+    """``watchdog.py`` (beside this file): stops these sessions' processes if this process dies
+    first."""
     watchdog = Path(__file__).with_name("watchdog.py")
     return subprocess.Popen([sys.executable, str(watchdog), str(os.getpid()), *map(str, sessions)],
                             stdin=subprocess.DEVNULL,

@@ -31,9 +31,11 @@ from pathlib import Path
 
 import numpy as np
 
-from . import PHASE0_DIR, RUNS_DIR, budget
-from .files import free_ports, write_atomic
-from .jobs import load_result, nvidia_gpu_present, session_for
+from .. import PHASE0_DIR, RUNS_DIR, budget
+from ..environment import nvidia_gpu_present
+from ..files import free_ports, write_atomic
+from ..jobs import session_for
+from ..records import ModelArtifactError
 from .tfs_standin import NO_MODELS, find_models
 
 # InvokeEndpoint's request limits (SageMaker API reference, InvokeEndpoint: 6 MB; developer guide,
@@ -48,24 +50,7 @@ class PayloadTooLarge(ValueError):
     """A request body over InvokeEndpoint's limit: refused before it is sent."""
 
 
-class ModelArtifactError(RuntimeError):
-    """model.tar.gz is missing, unreadable or holds no SavedModel."""
-
-
 # ------------------------------------------------------------------------------ the model
-
-
-def model_artifact_from(notebook, runs_dir=None):
-    """The model.tar.gz of a training notebook's last run (its saved result)."""
-    result = load_result(notebook, runs_dir)
-    if result is None or not result.get("model_artifact"):
-        raise ModelArtifactError(f"no saved model from notebook {notebook}: run {notebook} first "
-                                 f"(it records its model.tar.gz in runs/results/{notebook}.json).")
-    artifact = Path(result["model_artifact"])
-    if not artifact.exists():
-        raise ModelArtifactError(f"{artifact} (the model of notebook {notebook}'s last run) is "
-                                 f"gone: run {notebook} again.")
-    return artifact
 
 
 def model_data_for(mode, artifact, session=None, bucket=None, runs_dir=RUNS_DIR):
@@ -91,7 +76,7 @@ def model_data_for(mode, artifact, session=None, bucket=None, runs_dir=RUNS_DIR)
     return S3Uploader.upload(str(artifact), prefix, sagemaker_session=session)
 
 
-def instance_type_for(mode, instance_type, serverless=False):
+def serving_instance_type_for(mode, instance_type, serverless=False):
     """The instance type for deploy/transformer: none for a serverless endpoint, the given one
     in host mode, local(_gpu) in local mode."""
     if mode == "host":
@@ -108,7 +93,7 @@ def serverless_config(serverless, memory_size_in_mb=2048, max_concurrency=2):
                                      max_concurrency=max_concurrency)
 
 
-def unpack_model(artifact, model_dir):
+def unpack_for_serving(artifact, model_dir):
     """Unpack model.tar.gz into model_dir as SageMaker does into /opt/ml/model; check it serves."""
     artifact, model_dir = Path(artifact), Path(model_dir)
     model_dir.mkdir(parents=True, exist_ok=True)
@@ -127,7 +112,7 @@ def unpack_model(artifact, model_dir):
 
 
 @dataclass
-class StandIn:
+class StandInServer:
     """A running tfs_standin server."""
     process: subprocess.Popen
     port: int
@@ -140,7 +125,8 @@ class StandIn:
 
 
 def start_standin(model_dir, port=None, log_path=None, startup_seconds=STARTUP_SECONDS):
-    """``python -m workshop.tfs_standin`` on a free loopback port; returns once /ping is 200."""
+    """``python -m workshop.serving.tfs_standin`` on a free loopback port; returns once /ping is
+    200."""
     port = port or free_ports(1)[0]
     log_path = Path(log_path or Path(model_dir).parent / "standin.log")
     env = dict(os.environ, PYTHONPATH=os.pathsep.join(
@@ -148,9 +134,10 @@ def start_standin(model_dir, port=None, log_path=None, startup_seconds=STARTUP_S
     env.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     with open(log_path, "wb") as log:
         process = subprocess.Popen(
-            [sys.executable, "-m", "workshop.tfs_standin", "serve", "--model-dir", str(model_dir),
-             "--port", str(port)], stdout=log, stderr=subprocess.STDOUT, env=env)
-    standin = StandIn(process, port, Path(model_dir), log_path)
+            [sys.executable, "-m", "workshop.serving.tfs_standin", "serve",
+             "--model-dir", str(model_dir), "--port", str(port)],
+            stdout=log, stderr=subprocess.STDOUT, env=env)
+    standin = StandInServer(process, port, Path(model_dir), log_path)
     deadline = time.monotonic() + startup_seconds
     while time.monotonic() < deadline:
         if process.poll() is not None:
@@ -220,7 +207,7 @@ class LoopbackRuntimeClient:
                 "ContentType": reply.headers.get("Content-Type", Accept)}
 
 
-_STANDINS = {}  # endpoint name -> StandIn, so shut_down finds the server behind a predictor
+_STANDINS = {}  # endpoint name -> StandInServer, so shut_down finds the server behind a predictor
 
 
 def serve_in_process(model, runs_dir=RUNS_DIR):
@@ -232,7 +219,7 @@ def serve_in_process(model, runs_dir=RUNS_DIR):
     name = name_from_base("cifar10-standin")
     folder = Path(runs_dir) / "endpoints" / name
     artifact = str(model.model_data).removeprefix("file://")
-    model_dir = unpack_model(artifact, folder / "model")  # like /opt/ml/model
+    model_dir = unpack_for_serving(artifact, folder / "model")  # like /opt/ml/model
     standin = start_standin(model_dir)
     _STANDINS[name] = standin
     session = session_for("process")
@@ -243,7 +230,7 @@ def serve_in_process(model, runs_dir=RUNS_DIR):
 
 
 def standin_of(predictor):
-    """The StandIn serving a predictor returned by serve_in_process."""
+    """The StandInServer serving a predictor returned by serve_in_process."""
     return _STANDINS[predictor.endpoint_name]
 
 

@@ -4,7 +4,7 @@ supervise() stops its job's processes in a ``finally``; a SIGKILLed or crashed k
 ``finally``, and the job's processes (each in its own session, so a terminal's signals do not
 reach them) would train on for hours. supervise() therefore starts this watchdog beside them:
 
-    python workshop/watchdog.py <kernel pid> <session> [<session> ...]
+    python workshop/process_mode/watchdog.py <kernel pid> <session> [<session> ...]
 
 (run as a file, standard library only: it must be watching within milliseconds). It is the
 kernel's child; when the kernel dies it is handed to another parent, which it notices within a

@@ -74,10 +74,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import urlparse
 
-from . import RUNS_DIR
-from .files import free_ports, pack_folder, write_atomic, write_json_atomic
-from .log_format import parse_epoch_line
-from .progress import MaxRunProjection
+from .. import RUNS_DIR
+from ..files import free_ports, pack_folder, write_atomic, write_json_atomic
+from ..log_format import parse_epoch_line
+from ..progress import MaxRunProjection
 from .supervisor import MAX_RUN_GRACE_SECONDS, LogSink, Proc, supervise
 from .toolkit_env import (
     INSTANCE_GROUP,
