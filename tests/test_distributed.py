@@ -22,17 +22,18 @@ import subprocess
 import sys
 import time
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import pytest
+from helpers import (
+    KERAS3_PYTHON,
+    SRC,
+    mpirun_argv,
+    rank_dirs,
+    rank_lines,
+    start_mwms_workers,
+)
 
 from workshop.entry_points import ENTRY_POINTS
-from workshop.files import free_ports
-
-ROOT = Path(__file__).resolve().parents[1]
-SRC = ROOT / "code" / "phase0" / "src"
-KERAS3_PYTHON = ROOT / ".venv-keras3" / "bin" / "python"
-MPIRUN = shutil.which("mpirun")
 
 TRAIN_RECORDS = 1024
 BASE_LR = 0.02
@@ -41,8 +42,6 @@ BASE_LR = 0.02
 HYPERPARAMETERS = ["--epochs", "2", "--batch-size", "32", "--learning-rate", str(BASE_LR),
                    "--warmup-epochs", "1"]
 RUN_TIMEOUT = 300
-RANK_LINE = re.compile(r"^(rank|worker) (\d+)/(\d+): trained on (\d+) records/epoch "
-                       r"\(shard (\d+) of (\d+)\), weights fingerprint ([0-9a-f]{8})$", re.M)
 QUIET = {"TF_CPP_MIN_LOG_LEVEL": "2", "PYTHONUNBUFFERED": "1"}
 
 @dataclass
@@ -55,31 +54,10 @@ class Job:
     dirs: list = field(default_factory=list)  # per rank: {"model", "output", "ckpt"} -> Path
 
     def rank_lines(self):
-        return [m.groups() for m in RANK_LINE.finditer(self.output)]
+        return rank_lines(self.output)
 
     def metrics(self):
         return json.loads((self.dirs[0]["output"] / "metrics.json").read_text())
-
-
-def rank_dirs(base, rank):
-    return {key: base / f"rank{rank}" / key for key in ("model", "output", "ckpt")}
-
-
-def script_args(data_dir, dirs):
-    return ["--train", str(data_dir / "train"), "--validation", str(data_dir / "validation"),
-            "--eval", str(data_dir / "eval"), "--sm-model-dir", str(dirs["model"]),
-            "--output-data-dir", str(dirs["output"]), "--checkpoint-dir", str(dirs["ckpt"])]
-
-
-def mpirun_argv(script, data_dir, dirs, hyperparameters):
-    """mpirun with one app context per rank (MPMD), each with its own output folders."""
-    argv = [MPIRUN, "--allow-run-as-root", "--oversubscribe"]
-    for rank, rank_dir in enumerate(dirs):
-        if rank:
-            argv.append(":")
-        argv += ["-np", "1", sys.executable, script, *script_args(data_dir, rank_dir),
-                 *hyperparameters]
-    return argv
 
 
 def environment(**extra):
@@ -99,7 +77,8 @@ def stop(proc):
 def run_mpi(name, script, data_dir, base, hyperparameters=HYPERPARAMETERS, dirs=None):
     dirs = dirs or [rank_dirs(base, rank) for rank in range(2)]
     started = time.monotonic()
-    proc = subprocess.Popen(mpirun_argv(script, data_dir, dirs, hyperparameters), cwd=SRC,
+    proc = subprocess.Popen(mpirun_argv(sys.executable, script, data_dir, dirs, hyperparameters),
+                            cwd=SRC,
                             env=environment(), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                             text=True, start_new_session=True)
     try:
@@ -111,20 +90,11 @@ def run_mpi(name, script, data_dir, base, hyperparameters=HYPERPARAMETERS, dirs=
 
 def run_mwms(name, python, data_dir, base, hyperparameters=HYPERPARAMETERS):
     """Two workers with SageMaker's TF_CONFIG; if one fails, the other is stopped."""
-    workers = [f"127.0.0.1:{port}" for port in free_ports(2)]
     dirs = [rank_dirs(base, rank) for rank in range(2)]
     logs = [(base / f"worker{index}.out", base / f"worker{index}.err") for index in range(2)]
     base.mkdir(parents=True, exist_ok=True)
     started = time.monotonic()
-    procs = []
-    for index in range(2):
-        tf_config = {"cluster": {"worker": workers}, "environment": "cloud",
-                     "task": {"type": "worker", "index": index}}
-        with open(logs[index][0], "w") as out, open(logs[index][1], "w") as err:
-            procs.append(subprocess.Popen(
-                [str(python), "train_tf_mwms.py", *script_args(data_dir, dirs[index]),
-                 *hyperparameters], cwd=SRC, env=environment(TF_CONFIG=json.dumps(tf_config)),
-                stdout=out, stderr=err, start_new_session=True))
+    procs = start_mwms_workers(python, data_dir, dirs, hyperparameters, logs, environment())
     try:
         deadline = time.monotonic() + RUN_TIMEOUT
         while time.monotonic() < deadline and any(p.poll() is None for p in procs):
@@ -250,7 +220,8 @@ def test_a_killed_rank_fails_the_job_quickly(cifar_data_dir, tmp_path):
     log_path = tmp_path / "mpirun.log"
     with open(log_path, "w") as log:
         proc = subprocess.Popen(
-            mpirun_argv("train_tf_horovod.py", cifar_data_dir, dirs, hyperparameters), cwd=SRC,
+            mpirun_argv(sys.executable, "train_tf_horovod.py", cifar_data_dir, dirs,
+                        hyperparameters), cwd=SRC,
             env=environment(), stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
     try:
         deadline = time.monotonic() + 180

@@ -5,7 +5,6 @@ epoch; bad input fails clearly.
 """
 
 import json
-import os
 import re
 import signal
 import subprocess
@@ -17,13 +16,13 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from helpers import KERAS3_PYTHON, clean_env, served_accuracy, standalone
 
-from workshop import SRC_DIR, dataset, jobs
+from workshop import jobs
 from workshop.process_mode.runner import JobFailed
 from workshop.serving import inference
 
 ENTRY_POINTS = ("train_keras.py", "train_tf.py")
-KERAS3_PYTHON = Path(__file__).resolve().parents[1] / ".venv-keras3" / "bin" / "python"
 SMALL = {"epochs": 1, "batch-size": 64}
 
 
@@ -46,12 +45,9 @@ def test_model_tar_holds_a_servable_savedmodel(trained, cifar_data_dir):
         names = tar.getnames()
     assert "1/saved_model.pb" in names and any(n.startswith("1/variables/") for n in names)
     assert not any("checkpoint" in n or n.endswith(".h5") for n in names)  # no checkpoints inside
-    images, labels = dataset.read_examples(cifar_data_dir, "eval", count=None)
     unpacked_before = set(Path(tempfile.gettempdir()).glob("model-*"))
-    signature = inference.load_signature(result.model_artifact)
+    served = served_accuracy(result.model_artifact, cifar_data_dir)
     assert set(Path(tempfile.gettempdir()).glob("model-*")) == unpacked_before  # nothing left
-    predicted = inference.predict_classes(signature, images)
-    served = float((predicted == labels).mean())
     assert served == pytest.approx(result.metrics["eval_accuracy"], abs=0.01)
     assert served > 0.2  # one epoch on learnable data: above chance (0.1)
 
@@ -76,18 +72,6 @@ def test_metrics_json_and_the_log_agree(trained):
     assert found["validation:accuracy"] == pytest.approx(row["val_accuracy"], abs=1e-4)
     assert found["eval:accuracy"] == pytest.approx(metrics["eval_accuracy"], abs=1e-4)
     assert found["train:images_per_sec"] == pytest.approx(row["images_per_sec"], abs=0.1)
-
-
-def standalone(python, entry_point, data_dir, out, *extra, env=None):
-    """The script as people copy it: explicit paths, no SageMaker variables."""
-    return [str(python), str(SRC_DIR / entry_point),
-            "--train", str(data_dir / "train"), "--validation", str(data_dir / "validation"),
-            "--eval", str(data_dir / "eval"), "--sm-model-dir", str(out / "model"),
-            "--output-data-dir", str(out / "output"), *extra]
-
-
-def clean_env():
-    return {k: v for k, v in os.environ.items() if not k.startswith("SM_")}
 
 
 @pytest.mark.parametrize("entry_point", ENTRY_POINTS)

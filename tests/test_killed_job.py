@@ -19,9 +19,9 @@ import time
 
 import pytest
 from aws_fixtures import sdk_offline  # noqa: F401  (telemetry off: nothing leaves the machine)
+from helpers import served_accuracy
 
-from workshop import dataset, jobs
-from workshop.serving import inference
+from workshop import jobs
 
 WINDOW = 10  # SageMaker's is 120 s; nothing in the container acts on the signal either way
 SLOW = {"epochs": 60, "batch-size": 16}  # far more than the test lets it train
@@ -87,9 +87,7 @@ def test_a_job_killed_like_sagemaker_kills_it_keeps_a_model_that_serves(
         assert "1/saved_model.pb" in names, f"no model in {artifact}: {names}"
         exported = json.load(tar.extractfile("1/assets.extra/export.json"))
     assert exported["epoch"] >= 1
-    images, labels = dataset.read_examples(cifar_data_dir, "eval", count=None)
-    predicted = inference.predict_classes(inference.load_signature(artifact), images)
-    accuracy = float((predicted == labels).mean())
+    accuracy = served_accuracy(artifact, cifar_data_dir)
     print(f"\n{script}: container {'ran on' if survived else 'exited'} after SIGTERM, the entry "
           f"point {'saw' if 'stopped by SIGTERM' in log else 'never saw'} it; model.tar.gz kept "
           f"the export of epoch {exported['epoch']}, serving accuracy {accuracy:.3f}")

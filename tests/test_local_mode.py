@@ -6,16 +6,15 @@ notebook names; the toolkit inside the image (not our code) starts the entry poi
 """
 
 import json
-import os
 import re
 import shutil
 import subprocess
-import tarfile
 
 import nbformat
 import numpy as np
 import pytest
 from aws_fixtures import sdk_offline  # noqa: F401  (telemetry off: nothing leaves the machine)
+from helpers import output_text, rank_lines, served_accuracy
 
 from workshop import PHASE0_DIR, RUNS_DIR, SRC_DIR, dataset, images, jobs, records, run_notebooks
 from workshop.entry_points import ENTRY_POINTS
@@ -33,8 +32,6 @@ IMAGES = {  # the image's ECR URI -> what the real image carries (platform-facts
 ENTRY_POINTS_BY_SCRIPT = {e.script: e for e in ENTRY_POINTS}
 REGISTRY = "763104351884.dkr.ecr.us-east-1.amazonaws.com/"
 SMALL = {"EPOCHS": 2, "BATCH_SIZE": 32, "LEARNING_RATE": 0.02}
-RANK_LINE = re.compile(r"(rank|worker) (\d+)/(\d+): trained on \d+ records/epoch "
-                       r"\(shard (\d+) of \d+\), weights fingerprint ([0-9a-f]{8})")
 VERSIONS = """
 import importlib.util, json, os, shutil, sys
 import tensorflow as tf, keras
@@ -66,19 +63,8 @@ def run_notebook(tmp_path, prefix, **parameters):
                                     output_dir=tmp_path)
     assert outcome["ok"], f"{path.name}: {outcome['error']}"
     notebook = nbformat.read(outcome["output"], as_version=4)
-    text = "".join(o.get("text", "") for c in notebook.cells for o in c.get("outputs", []))
+    text = output_text(notebook)
     return outcome["result"], text
-
-
-def served_accuracy(artifact, data_dir):
-    """Accuracy of a model's serving signature on the eval split (as an endpoint would)."""
-    if os.path.isfile(artifact) and tarfile.is_tarfile(artifact):
-        with tarfile.open(artifact) as tar:
-            names = tar.getnames()
-        assert "1/saved_model.pb" in names and not any("checkpoint" in n for n in names), names
-    signature = inference.load_signature(artifact)
-    images, labels = dataset.read_examples(data_dir, "eval", count=None)
-    return float((inference.predict_classes(signature, images) == labels).mean())
 
 
 def metrics_from_log(text):
@@ -105,10 +91,10 @@ def check_job(result, text, data_dir, workers):
 
 def check_ranks(text, count):
     """Every rank/worker ran, on its own shard, and ended with the same weights."""
-    lines = RANK_LINE.findall(text)
+    lines = rank_lines(text)
     assert sorted(int(line[1]) for line in lines) == list(range(count)), lines
-    assert sorted(int(line[3]) for line in lines) == list(range(count))
-    assert len({line[4] for line in lines}) == 1, f"ranks disagree: {lines}"
+    assert sorted(int(line[4]) for line in lines) == list(range(count))  # shards
+    assert len({line[6] for line in lines}) == 1, f"ranks disagree: {lines}"  # fingerprints
 
 
 def test_1_2_keras_script_mode_in_the_2_21_image(sdk_offline, tmp_path, cifar_data_dir):  # noqa: F811

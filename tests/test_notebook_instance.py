@@ -21,6 +21,7 @@ from pathlib import Path
 import nbformat
 import pytest
 from aws_fixtures import sdk_offline  # noqa: F401  (telemetry off: nothing leaves the machine)
+from helpers import output_text
 
 from workshop import run_notebooks
 
@@ -130,8 +131,7 @@ def test_0_0_builds_the_environment_on_the_kept_volume_and_registers_its_kernel(
     assert found["modes"]["process (Horovod/SMDDP notebooks)"] is False
     assert (kept / ".envs" / "cifar-workshop" / ".workshop-env").exists()
     assert (kept / ".envs" / "cifar-workshop-sdk3" / ".workshop-env").exists()  # INSTALL_SDK3
-    log = "\n".join(o.get("text", "") for c in executed(kept, "0.0").cells
-                    for o in c.get("outputs", []))
+    log = output_text(executed(kept, "0.0"))
     assert "Downloading tensorflow_cpu-2.15.1" in log  # pip's progress reached the notebook
 
 

@@ -6,6 +6,7 @@ import re
 
 import nbformat
 import pytest
+from helpers import output_text
 
 from workshop import RUNS_DIR, records, run_notebooks
 from workshop.entry_points import BY_NOTEBOOK
@@ -87,7 +88,7 @@ def test_1_1_trains_in_the_kernel_above_chance(tmp_path, cifar_data_dir):
                and run["eval_accuracy"] == result["eval_accuracy"]
                for run in records.load_runs())  # recorded for 5.0
     assert pictures(notebook) >= 4  # samples, curves, confusion matrix, predictions
-    text = "".join(o.get("text", "") for c in notebook.cells for o in c.get("outputs", []))
+    text = output_text(notebook)
     assert "keras.layers.Conv2D(" in text and ".map(" in text  # the model and pipeline, shown
 
 
@@ -123,7 +124,7 @@ def test_distributed_notebook_trains_on_two_processes(tmp_path, cifar_data_dir, 
     assert result["mode"] == "process" and result["workers"] == 2 and result["epochs"] == 3
     assert result["eval_accuracy"] > 0.3
     assert pictures(notebook) >= 2
-    text = "".join(o.get("text", "") for c in notebook.cells for o in c.get("outputs", []))
+    text = output_text(notebook)
     assert "throughput ratio" in text  # compared with its single-process sibling
 
 
@@ -137,7 +138,7 @@ def test_5_0_compares_every_recorded_run(tmp_path, cifar_data_dir):
     assert result["notebooks"] == sorted({r["notebook"] for r in recorded})
     assert result["modes"] == sorted({r["mode"] for r in recorded})
     assert result["runs_with_cost"] == 0  # no host runs on this machine
-    text = "".join(o.get("text", "") for c in notebook.cells for o in c.get("outputs", []))
+    text = output_text(notebook)
     assert all(r["job_name"] in text for r in recorded)  # every run is a row of the table
     assert pictures(notebook) == 1
 
@@ -203,7 +204,7 @@ def test_4_1_serves_1_2s_model_in_process_mode(tmp_path, cifar_data_dir):
     assert 0 < result["p50_ms"] <= result["p95_ms"]
     assert result["images_per_sec"] > 0
     assert pictures(notebook) >= 2  # confusion matrix, worst mistakes
-    text = "".join(o.get("text", "") for c in notebook.cells for o in c.get("outputs", []))
+    text = output_text(notebook)
     assert "stopped the TF Serving stand-in" in text  # twice: endpoint and batch transform
     outputs = sorted((RUNS_DIR / "4.1-deploy" / "transform-out").iterdir())
     assert [p.name for p in outputs] == ["eval.jsonl.out"]
@@ -229,7 +230,7 @@ def test_a_notebook_stopped_at_max_run_goes_on_and_resumes(tmp_path, cifar_data_
     stopped, notebook = run(tmp_path / "stopped", "2.1", expect=("Stopped",), EPOCHS=40,
                             MAX_RUN=35, **small)
     assert stopped["status"] == "Stopped" and stopped["eval_accuracy"] is not None
-    text = "".join(o.get("text", "") for c in notebook.cells for o in c.get("outputs", []))
+    text = output_text(notebook)
     assert f"RESUME_FROM = {stopped['job_name']!r}" in text
     assert "projection:" in text  # said after the first epoch, not after the hour
     done = stopped["epochs"]
@@ -238,7 +239,7 @@ def test_a_notebook_stopped_at_max_run_goes_on_and_resumes(tmp_path, cifar_data_
                             EPOCHS=done + 2, **small)
     assert resumed["status"] == "Completed" and resumed["epochs"] == done + 2
     assert resumed["eval_accuracy"] > 0.3
-    text = "".join(o.get("text", "") for c in notebook.cells for o in c.get("outputs", []))
+    text = output_text(notebook)
     assert f"resuming from checkpoint: epochs 1-{done} done" in text
     trained = [int(n) for n in re.findall(rf"epoch (\d+)/{done + 2} ", text)]
     assert trained == [done + 1, done + 2]  # each remaining epoch once

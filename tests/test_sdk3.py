@@ -9,11 +9,11 @@ import json
 import os
 import re
 import subprocess
-import tarfile
 from pathlib import Path
 
 import pytest
 from aws_fixtures import moto_server, sdk_offline  # noqa: F401  (moto_server on loopback)
+from helpers import output_text, served_accuracy
 
 from workshop import sdk_version
 
@@ -132,18 +132,13 @@ def test_train_tf_runs_unchanged_under_v3s_driver_in_its_image(sdk_offline,  # n
                                                                  cifar_data_dir, tmp_path):
     """tests_sdk3/test_local_container.py trains 2.1's script with ModelTrainer in local
     container mode; here, with TensorFlow, its model.tar.gz is opened and served."""
-    from workshop import dataset, inference
 
     pytest_in_sdk3("test_local_container.py", tmp_path, passed=1, timeout=900,
                    SDK3_DATA_DIR=str(cifar_data_dir), SDK3_RESULT_OUT=str(tmp_path / "result.json"))
     result = json.loads((tmp_path / "result.json").read_text())
     assert (result["mode"], result["epochs"], result["workers"]) == ("local", 2, 1)
     assert result["eval_accuracy"] > 0.3  # 10 classes: chance is 0.1
-    with tarfile.open(result["model_artifact"]) as tar:
-        assert "1/saved_model.pb" in {name.removeprefix("./") for name in tar.getnames()}
-    signature = inference.load_signature(Path(result["model_artifact"]))
-    images, labels = dataset.read_examples(cifar_data_dir, "eval", count=None)
-    served = float((inference.predict_classes(signature, images) == labels).mean())
+    served = served_accuracy(result["model_artifact"], cifar_data_dir)  # checks 1/saved_model.pb
     assert served == pytest.approx(result["eval_accuracy"], abs=0.01)
 
 
@@ -245,7 +240,7 @@ def test_6_0_runs_the_jobs_with_v3_in_local_mode(v2_local_1_2, cifar_data_dir, t
     the TF_CONFIG fallback; train_keras_horovod.py's MPI job fails as v3's local mode makes it."""
     import nbformat
 
-    from workshop import RUNS_DIR, dataset, inference, run_notebooks
+    from workshop import RUNS_DIR, run_notebooks
 
     (path,) = run_notebooks.notebooks(only=["6.0"])
     outcome = run_notebooks.execute(path, {"MODE": "local", "DATA_DIR": str(cifar_data_dir),
@@ -253,7 +248,7 @@ def test_6_0_runs_the_jobs_with_v3_in_local_mode(v2_local_1_2, cifar_data_dir, t
     assert outcome["ok"], outcome["error"]
     result = outcome["result"]
     notebook = nbformat.read(outcome["output"], as_version=4)
-    text = "".join(o.get("text", "") for c in notebook.cells for o in c.get("outputs", []))
+    text = output_text(notebook)
 
     # 1.2's job under v3: trained, evaluated, served, and as accurate as v2's run of it.
     v3 = result["v3"]
@@ -261,9 +256,7 @@ def test_6_0_runs_the_jobs_with_v3_in_local_mode(v2_local_1_2, cifar_data_dir, t
     assert v3["eval_accuracy"] > 0.3  # 10 classes: chance is 0.1
     assert result["v2"]["job_name"] == v2_local_1_2["job_name"]
     assert abs(v3["eval_accuracy"] - result["v2"]["eval_accuracy"]) <= 0.05
-    signature = inference.load_signature(RUNS_DIR / v3["job_name"] / "model.tar.gz")
-    images, labels = dataset.read_examples(cifar_data_dir, "eval", count=None)
-    served = float((inference.predict_classes(signature, images) == labels).mean())
+    served = served_accuracy(RUNS_DIR / v3["job_name"] / "model.tar.gz", cifar_data_dir)
     assert served == pytest.approx(v3["eval_accuracy"], abs=0.01)
     assert "train_keras.py --epochs 2 --batch-size 32 --learning-rate 0.02'" in text  # no model_dir
     assert "TF_CONFIG in the job's environment: False" in text

@@ -24,12 +24,19 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from test_distributed import KERAS3_PYTHON, MPIRUN, SRC, rank_dirs, script_args
-from test_entry_points import clean_env, standalone
+from helpers import (
+    KERAS3_PYTHON,
+    SRC,
+    clean_env,
+    mpirun_argv,
+    rank_dirs,
+    served_accuracy,
+    standalone,
+    start_mwms_workers,
+)
 
-from workshop import dataset, jobs, resume
+from workshop import jobs, resume
 from workshop.process_mode.runner import JobStoppedWarning, run_process_job
-from workshop.serving import inference
 
 # Past start-up (8-25 s here when the suite runs alone) and into training, far shorter than 60
 # epochs (train_tf.py's progress bar showed about 1.5 s an epoch at batch 16 here, so 30 epochs
@@ -48,13 +55,6 @@ DISTRIBUTIONS = {
 EXIT_LINE = re.compile(r"all processes ended ([\d.]+)s after SIGTERM")
 FINGERPRINT = re.compile(r"^(?:\[[^\]]*\] )?(?:rank|worker) \d+/\d+: .*weights fingerprint "
                          r"([0-9a-f]{8})$", re.M)
-
-
-def served_accuracy(model_location, data_dir):
-    images, labels = dataset.read_examples(data_dir, "eval", count=None)
-    predicted = inference.predict_classes(inference.load_signature(model_location), images)
-    assert predicted.shape == labels.shape
-    return float((predicted == labels).mean())
 
 
 def epoch_numbers(text, epochs):
@@ -144,11 +144,8 @@ def ranks_of(proc, script):
 @pytest.mark.parametrize("script", ["train_tf_horovod.py", "train_keras_horovod.py"])
 def test_horovod_ranks_agree_when_only_one_gets_sigterm(script, cifar_data_dir, tmp_path):
     dirs = [rank_dirs(tmp_path, rank) for rank in range(2)]
-    argv = [MPIRUN, "--allow-run-as-root", "--oversubscribe"]
-    for rank, rank_dir in enumerate(dirs):
-        argv += ([":"] if rank else []) + ["-np", "1", sys.executable, script,
-                                           *script_args(cifar_data_dir, rank_dir),
-                                           "--epochs", "30", "--batch-size", "32"]
+    argv = mpirun_argv(sys.executable, script, cifar_data_dir, dirs,
+                       ["--epochs", "30", "--batch-size", "32"])
     log_path = tmp_path / "log.txt"
     with open(log_path, "w") as log:
         proc = subprocess.Popen(argv, cwd=SRC, env={**os.environ, "PYTHONUNBUFFERED": "1"},
@@ -168,20 +165,10 @@ def test_horovod_ranks_agree_when_only_one_gets_sigterm(script, cifar_data_dir, 
 
 
 def test_mwms_keras3_workers_agree_when_only_one_gets_sigterm(cifar_data_dir, tmp_path):
-    from workshop.files import free_ports
-
-    workers = [f"127.0.0.1:{port}" for port in free_ports(2)]
     dirs = [rank_dirs(tmp_path, rank) for rank in range(2)]
-    procs, logs = [], [tmp_path / "worker0.txt", tmp_path / "worker1.txt"]
-    for index in range(2):
-        tf_config = {"cluster": {"worker": workers}, "environment": "cloud",
-                     "task": {"type": "worker", "index": index}}
-        with open(logs[index], "w") as log:
-            procs.append(subprocess.Popen(
-                [str(KERAS3_PYTHON), "train_tf_mwms.py", *script_args(cifar_data_dir, dirs[index]),
-                 "--epochs", "30", "--batch-size", "32"], cwd=SRC,
-                env={**os.environ, "PYTHONUNBUFFERED": "1", "TF_CONFIG": json.dumps(tf_config)},
-                stdout=log, stderr=subprocess.STDOUT, start_new_session=True))
+    logs = [tmp_path / "worker0.txt", tmp_path / "worker1.txt"]
+    procs = start_mwms_workers(KERAS3_PYTHON, cifar_data_dir, dirs, ["--epochs", "30",
+                               "--batch-size", "32"], logs, {**os.environ, "PYTHONUNBUFFERED": "1"})
     try:
         seconds = sigterm_mid_epoch(procs[0], logs[0], lambda: [procs[1].pid])
         procs[1].wait(timeout=WINDOW)

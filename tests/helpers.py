@@ -1,0 +1,99 @@
+"""What several test files need, written once: launching the scripts as SageMaker does (mpirun's
+MPMD line, MultiWorkerMirroredStrategy workers with TF_CONFIG, a script run standalone), reading
+what they print, and scoring a model's serving signature as an endpoint would."""
+
+import json
+import os
+import re
+import shutil
+import subprocess
+import tarfile
+from pathlib import Path
+
+from workshop import SRC_DIR, dataset
+from workshop.files import free_ports
+from workshop.serving import inference
+
+ROOT = Path(__file__).resolve().parents[1]
+SRC = SRC_DIR
+KERAS3_PYTHON = ROOT / ".venv-keras3" / "bin" / "python"
+MPIRUN = shutil.which("mpirun")
+# The line every distributed script prints at the end, per rank (Horovod, SMDDP) or worker
+# (MWMS); not anchored, since local mode's docker compose prefixes each line with its host.
+RANK_LINE = re.compile(r"\b(rank|worker) (\d+)/(\d+): trained on (\d+) records/epoch "
+                       r"\(shard (\d+) of (\d+)\), weights fingerprint ([0-9a-f]{8})")
+
+
+def rank_lines(text):
+    """[(kind, rank, size, records, shard, shards, fingerprint)] of every rank line in ``text``."""
+    return [match.groups() for match in RANK_LINE.finditer(text)]
+
+
+def output_text(notebook):
+    """Everything an executed notebook printed (its stream outputs), joined."""
+    return "".join(o.get("text", "") for c in notebook.cells for o in c.get("outputs", []))
+
+
+def served_accuracy(model, data_dir, count=None):
+    """Accuracy of a model's serving signature (``model.tar.gz`` or its folder) on the first
+    ``count`` eval images (all by default), as an endpoint would serve them. A tarball must hold
+    the SavedModel at ``1/`` and no checkpoint."""
+    if os.path.isfile(model) and tarfile.is_tarfile(model):
+        with tarfile.open(model) as tar:
+            names = [name.removeprefix("./") for name in tar.getnames()]
+        assert "1/saved_model.pb" in names and not any("checkpoint" in n for n in names), names
+    images, labels = dataset.read_examples(data_dir, "eval", count=count)
+    predicted = inference.predict_classes(inference.load_signature(model), images)
+    return float((predicted == labels).mean())
+
+
+def rank_dirs(base, rank):
+    return {key: base / f"rank{rank}" / key for key in ("model", "output", "ckpt")}
+
+
+def script_args(data_dir, dirs):
+    return ["--train", str(data_dir / "train"), "--validation", str(data_dir / "validation"),
+            "--eval", str(data_dir / "eval"), "--sm-model-dir", str(dirs["model"]),
+            "--output-data-dir", str(dirs["output"]), "--checkpoint-dir", str(dirs["ckpt"])]
+
+
+def mpirun_argv(python, script, data_dir, dirs, hyperparameters):
+    """mpirun with one app context per rank (MPMD), each with its own output folders, so that a
+    test sees what rank 1 writes (it must write nothing)."""
+    argv = [MPIRUN, "--allow-run-as-root", "--oversubscribe"]
+    for rank, rank_dir in enumerate(dirs):
+        argv += ([":"] if rank else []) + ["-np", "1", str(python), script,
+                                           *script_args(data_dir, rank_dir), *hyperparameters]
+    return argv
+
+
+def start_mwms_workers(python, data_dir, dirs, hyperparameters, logs, env):
+    """One ``train_tf_mwms.py`` worker per entry of ``dirs`` on free loopback ports, each with the
+    TF_CONFIG SageMaker sets; ``logs``: per worker (stdout, stderr) paths, or one path for both.
+    Returns the processes (each its own session, so a test can kill its group)."""
+    workers = [f"127.0.0.1:{port}" for port in free_ports(len(dirs))]
+    procs = []
+    for index, (dirs_of, log) in enumerate(zip(dirs, logs)):
+        tf_config = {"cluster": {"worker": workers}, "environment": "cloud",
+                     "task": {"type": "worker", "index": index}}
+        out, err = (log, None) if isinstance(log, (str, os.PathLike)) else log
+        with open(out, "w") as stdout, open(err or os.devnull, "w") as stderr:
+            procs.append(subprocess.Popen(
+                [str(python), "train_tf_mwms.py", *script_args(data_dir, dirs_of),
+                 *hyperparameters], cwd=SRC, env={**env, "TF_CONFIG": json.dumps(tf_config)},
+                stdout=stdout, stderr=stderr if err else subprocess.STDOUT,
+                start_new_session=True))
+    return procs
+
+
+def standalone(python, entry_point, data_dir, out, *extra):
+    """The script as people copy it: explicit paths, no SageMaker variables."""
+    return [str(python), str(SRC / entry_point),
+            "--train", str(data_dir / "train"), "--validation", str(data_dir / "validation"),
+            "--eval", str(data_dir / "eval"), "--sm-model-dir", str(out / "model"),
+            "--output-data-dir", str(out / "output"), *extra]
+
+
+def clean_env():
+    """This environment without SageMaker's SM_* variables."""
+    return {k: v for k, v in os.environ.items() if not k.startswith("SM_")}
