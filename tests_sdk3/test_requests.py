@@ -25,7 +25,7 @@ HOST = {"MODE": "host", "ROLE_ARN": ROLE, "S3_BUCKET": BUCKET, "USE_SPOT": True,
 def notebook(moto_server, host_data_dir, monkeypatch):
     """6.0's namespace after its setup cell, in host mode, in the notebooks' folder."""
     monkeypatch.chdir(PHASE0_DIR)  # SourceCode(source_dir="src") is relative, as in Jupyter
-    return run_cells({}, "sdk.require(3)", DATA_DIR=str(host_data_dir), **HOST)
+    return run_cells({}, "sdk_version.require(3)", DATA_DIR=str(host_data_dir), **HOST)
 
 
 def submit(namespace, trainer_name):

@@ -115,10 +115,6 @@ def print_report(facts):
         print(f"  {mode:<34} {verdict}")
 
 
-if __name__ == "__main__":  # what report(python) reads from another kernel's Python
-    print(json.dumps(report()))
-
-
 # ------------------------------------------------------------ checks before a job
 
 
@@ -197,3 +193,7 @@ def command_succeeds(command, timeout=20):
         return subprocess.run(command, capture_output=True, timeout=timeout).returncode == 0
     except (OSError, subprocess.SubprocessError):
         return False
+
+
+if __name__ == "__main__":  # what report(python) reads from another kernel's Python
+    print(json.dumps(report()))
