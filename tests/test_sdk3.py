@@ -109,7 +109,10 @@ def test_parse_args_takes_v3s_arguments_without_model_dir(monkeypatch):
 def test_mwms_cluster_from_sm_hosts_when_tf_config_is_missing(monkeypatch):
     from cifar import distributed
 
-    monkeypatch.delenv("TF_CONFIG", raising=False)
+    # setenv first, so that teardown removes what the function writes into os.environ (a bare
+    # delenv of an absent variable records nothing, and TF_CONFIG leaked into later tests).
+    monkeypatch.setenv("TF_CONFIG", "")
+    monkeypatch.delenv("TF_CONFIG")
     monkeypatch.setenv("SM_HOSTS", '["algo-1", "algo-2"]')
     monkeypatch.setenv("SM_CURRENT_HOST", "algo-2")
     distributed.tf_config_from_sm_hosts()
