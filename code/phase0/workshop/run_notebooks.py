@@ -33,7 +33,8 @@ def kernel_for(path, kernel=KERNEL):
 
 
 # Translations of the notebooks sit beside them as <name>.<language>.ipynb (workshop.translations).
-TRANSLATED = re.compile(r"\.(ko)\.ipynb$")
+LANGUAGES = ("ko",)
+TRANSLATED = re.compile(rf"\.({'|'.join(LANGUAGES)})\.ipynb$")
 
 
 def language_of(path):
@@ -110,7 +111,7 @@ def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--epochs", type=int, help="EPOCHS for every training notebook")
     parser.add_argument("--only", nargs="*", default=(), help="notebook numbers, e.g. 1.0 1.1")
-    parser.add_argument("--language", choices=("ko",), help="run the translations instead")
+    parser.add_argument("--language", choices=LANGUAGES, help="run the translations instead")
     parser.add_argument("--kernel", default=KERNEL)
     parser.add_argument("--timeout", type=int, default=TIMEOUT, help="seconds a cell may run")
     parser.add_argument("-p", nargs=2, action="append", default=[], metavar=("NAME", "VALUE"),

@@ -29,9 +29,9 @@ import nbformat
 
 from . import PHASE0_DIR
 from .files import write_atomic
+from .run_notebooks import LANGUAGES
 from .run_notebooks import notebooks as english_notebooks
 
-LANGUAGES = ("ko",)
 TRANSLATIONS_DIR = PHASE0_DIR / "translations"
 HEADER = re.compile(r"^<!-- cell (?P<id>[\w-]+) en:(?P<hash>[0-9a-f]{12}) -->$", re.M)
 TODO = "<!-- TODO: translate the English below, then delete this line and the English -->"
