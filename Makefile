@@ -7,6 +7,10 @@ PYTHON ?= python3.11
 VENV := .venv
 BIN := $(VENV)/bin
 KERNEL := cifar-workshop
+# make test: pytest-xdist workers (tests/conftest.py says what runs beside what; 0: one process,
+# in file order), and more pytest options, e.g. PYTEST_ARGS=--random-order-bucket=module.
+TEST_WORKERS ?= 2
+PYTEST_ARGS ?=
 # make workshop: process mode on the real CIFAR-10 (or CIFAR10_URL/CIFAR10_MD5 from the environment).
 WORKSHOP_EPOCHS ?= 3
 
@@ -82,7 +86,7 @@ lint: $(VENV)/.done
 	$(BIN)/ruff check .
 
 test: setup lint local-images
-	$(BIN)/python -m pytest -q -p no:cacheprovider --durations=20 tests
+	$(BIN)/python -m pytest -q -p no:cacheprovider -n $(TEST_WORKERS) --dist loadscope --no-loadscope-reorder --durations=20 $(PYTEST_ARGS) tests
 
 bench: setup
 	$(BIN)/python benchmarks/input_pipeline.py

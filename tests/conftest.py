@@ -1,30 +1,34 @@
-"""Shared fixtures: a synthetic CIFAR-10 archive, a loopback HTTP server, converted data.
+"""Shared fixtures: a synthetic CIFAR-10 archive, a loopback HTTP server, converted data, and
+the runs of the notebooks that several files check.
 
 The archive has the real layout (see synthetic_cifar.py) with 256 images per batch, so the
 converted data holds train 1,024 / validation 256 / eval 256 records.
 """
 
 import atexit
-import functools
-import http.server
 import os
 import shutil
 import tempfile
-import threading
-from pathlib import Path
-from types import SimpleNamespace
 
-import pytest
-import synthetic_cifar
-
-TESTS_DIR = Path(__file__).resolve().parent
-PHASE0_DIR = TESTS_DIR.parent / "code" / "phase0"
-
-# No AWS here: don't let boto3 probe the EC2 metadata service. Job folders and executed
-# notebooks of the tests (and of the kernels they start) go to a throwaway folder.
+# First, before anything imports `workshop` (which reads WORKSHOP_RUNS_DIR once): no AWS here,
+# so boto3 must not probe the EC2 metadata service; job folders and executed notebooks of the
+# tests (and of the kernels they start) go to a throwaway folder, one per pytest process.
 os.environ["AWS_EC2_METADATA_DISABLED"] = "true"
 os.environ["WORKSHOP_RUNS_DIR"] = tempfile.mkdtemp(prefix="workshop-runs-")
 atexit.register(shutil.rmtree, os.environ["WORKSHOP_RUNS_DIR"], ignore_errors=True)
+
+import functools  # noqa: E402
+import http.server  # noqa: E402
+import threading  # noqa: E402
+from pathlib import Path  # noqa: E402
+from types import SimpleNamespace  # noqa: E402
+
+import pytest  # noqa: E402
+import synthetic_cifar  # noqa: E402
+from aws_fixtures import sdk_offline  # noqa: E402, F401  (local_1_2 needs it)
+
+TESTS_DIR = Path(__file__).resolve().parent
+PHASE0_DIR = TESTS_DIR.parent / "code" / "phase0"
 
 PER_BATCH = 256
 TRUNCATED_PREFIX = "/truncated/"
@@ -94,3 +98,70 @@ def cifar_data_dir(tmp_path_factory, cifar_url, cifar_archive):
     prepare_cifar10(url=cifar_url, md5=cifar_archive.md5, data_dir=data_dir, num_shards=4,
                     progress=False)
     return data_dir
+
+
+@pytest.fixture(scope="session")
+def notebook_run(tmp_path_factory, cifar_data_dir):
+    """Factory: ``notebook_run("1.2")`` -> SimpleNamespace(result, notebook, job_dir) of that
+    notebook run in process mode with helpers.NOTEBOOK_RUN on the fixture data, once a session:
+    1.2 and 2.1 as several files check them (the artifact and the log, the notebook's output,
+    the sibling the distributed notebooks compare with, the model 4.1 deploys, 5.0's runs)."""
+    from helpers import NOTEBOOK_RUN, job_folder, run_notebook
+
+    done = {}
+
+    def run(number):
+        if number not in done:
+            result, notebook = run_notebook(tmp_path_factory.mktemp(number), number,
+                                            {"DATA_DIR": str(cifar_data_dir), **NOTEBOOK_RUN})
+            done[number] = SimpleNamespace(result=result, notebook=notebook,
+                                           job_dir=job_folder(result))
+        return done[number]
+
+    return run
+
+
+@pytest.fixture(scope="session")
+def local_1_2(sdk_offline, tmp_path_factory, cifar_data_dir):  # noqa: F811
+    """(RESULT, executed notebook) of 1.2 in local mode with helpers.LOCAL_RUN, once a session:
+    test_local_mode checks its job and 4.1 deploys its model; 6.0 compares v3's run with it."""
+    from helpers import LOCAL_RUN, run_notebook
+
+    return run_notebook(tmp_path_factory.mktemp("local-1.2"), "1.2",
+                        {"MODE": "local", "DATA_DIR": str(cifar_data_dir), **LOCAL_RUN})
+
+
+# `make test` runs the files on two pytest-xdist workers: a file's tests stay on one worker, so
+# its module fixtures train once. The SDK's local mode is one resource: every job joins Docker's
+# network "sagemaker-local" under its host name (algo-1, ...), an endpoint binds port 8080
+# (sagemaker/local/image.py), and some tests assert that no container of an image runs. Those
+# files are one group. The longest groups go first (--no-loadscope-reorder keeps this order), so
+# that the other worker takes the many short files beside them.
+LOCAL_MODE_FILES = {"test_local_mode.py", "test_killed_job.py", "test_sdk3.py",
+                    "test_conformance.py"}
+FIRST_GROUPS = ["local-mode", "test_notebook_instance.py"]
+
+
+def group_of(path):
+    name = Path(path).name
+    return "local-mode" if name in LOCAL_MODE_FILES else name
+
+
+def pytest_xdist_make_scheduler(config, log):
+    """xdist's scheduling by scope, with this file's groups as the scopes (its own xdist_group
+    mark renames node ids, which pytest 9 no longer lets a plugin do)."""
+    from xdist.scheduler import LoadScopeScheduling
+
+    class FileGroups(LoadScopeScheduling):
+        def _split_scope(self, nodeid):
+            return group_of(nodeid.split("::", 1)[0])
+
+    return FileGroups(config, log)
+
+
+def pytest_collection_modifyitems(config, items):
+    def rank(item):
+        group = group_of(item.path)
+        return FIRST_GROUPS.index(group) if group in FIRST_GROUPS else len(FIRST_GROUPS)
+
+    items.sort(key=rank)  # a stable sort: the rest keep their order

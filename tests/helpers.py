@@ -10,7 +10,9 @@ import subprocess
 import tarfile
 from pathlib import Path
 
-from workshop import SRC_DIR, dataset
+import nbformat
+
+from workshop import RUNS_DIR, SRC_DIR, dataset, run_notebooks
 from workshop.files import free_ports
 from workshop.serving import inference
 
@@ -27,6 +29,32 @@ RANK_LINE = re.compile(r"\b(rank|worker) (\d+)/(\d+): trained on (\d+) records/e
 def rank_lines(text):
     """[(kind, rank, size, records, shard, shards, fingerprint)] of every rank line in ``text``."""
     return [match.groups() for match in RANK_LINE.finditer(text)]
+
+
+# What conftest.notebook_run gives the training notebooks it runs once for many tests, and what
+# the local-mode tests give theirs (conftest.local_1_2 too).
+NOTEBOOK_RUN = {"EPOCHS": 2, "BATCH_SIZE": 64}
+LOCAL_RUN = {"EPOCHS": 2, "BATCH_SIZE": 32, "LEARNING_RATE": 0.02}
+
+
+def notebook_path(number, language=None):
+    """The notebook numbered ``number`` ("1.2"), or its translation into ``language``."""
+    (path,) = run_notebooks.notebooks(only=[number], language=language)
+    return path
+
+
+def run_notebook(output_dir, number, parameters, expect=("Completed",), language=None):
+    """Execute a notebook headless as CI does; (its RESULT dict, the executed notebook)."""
+    path = notebook_path(number, language)
+    outcome = run_notebooks.execute(path, parameters, output_dir=output_dir, expect=expect)
+    assert outcome["ok"], f"{path.name}: {outcome['error']}"
+    assert outcome["result"] is not None, f"{path.name} printed no RESULT line"
+    return outcome["result"], nbformat.read(outcome["output"], as_version=4)
+
+
+def job_folder(result):
+    """A process-mode job's folder (runs/<job>/), from the RESULT line of its notebook."""
+    return RUNS_DIR / result["job_name"]
 
 
 def output_text(notebook):

@@ -4,13 +4,9 @@ literal ``TensorFlow(...)`` cell, and executing the cells up to it."""
 import ast
 
 import nbformat
+from helpers import notebook_path
 
-from workshop import PHASE0_DIR, run_notebooks
-
-
-def notebook_path(number):
-    (path,) = run_notebooks.notebooks(only=[number])
-    return path
+from workshop import PHASE0_DIR
 
 
 def code_cells(number):

@@ -14,7 +14,7 @@ import nbformat
 import numpy as np
 import pytest
 from aws_fixtures import sdk_offline  # noqa: F401  (telemetry off: nothing leaves the machine)
-from helpers import output_text, rank_lines, served_accuracy
+from helpers import LOCAL_RUN, notebook_path, output_text, rank_lines, run_notebook, served_accuracy
 
 from workshop import PHASE0_DIR, RUNS_DIR, SRC_DIR, dataset, images, jobs, records, run_notebooks
 from workshop.entry_points import ENTRY_POINTS
@@ -31,7 +31,6 @@ IMAGES = {  # the image's ECR URI -> what the real image carries (platform-facts
 }
 ENTRY_POINTS_BY_SCRIPT = {e.script: e for e in ENTRY_POINTS}
 REGISTRY = "763104351884.dkr.ecr.us-east-1.amazonaws.com/"
-SMALL = {"EPOCHS": 2, "BATCH_SIZE": 32, "LEARNING_RATE": 0.02}
 VERSIONS = """
 import importlib.util, json, os, shutil, sys
 import tensorflow as tf, keras
@@ -57,14 +56,9 @@ def test_stand_in_image_carries_the_real_images_versions(image):
     assert found["commands"] == ["train", "mpirun", "/usr/sbin/sshd"]
 
 
-def run_notebook(tmp_path, prefix, **parameters):
-    path = next(p for p in run_notebooks.notebooks() if p.name.startswith(prefix + "."))
-    outcome = run_notebooks.execute(path, {"MODE": "local", **SMALL, **parameters},
-                                    output_dir=tmp_path)
-    assert outcome["ok"], f"{path.name}: {outcome['error']}"
-    notebook = nbformat.read(outcome["output"], as_version=4)
-    text = output_text(notebook)
-    return outcome["result"], text
+def run_in_local_mode(tmp_path, number, **parameters):
+    result, notebook = run_notebook(tmp_path, number, {"MODE": "local", **LOCAL_RUN, **parameters})
+    return result, output_text(notebook)
 
 
 def metrics_from_log(text):
@@ -75,7 +69,7 @@ def metrics_from_log(text):
 
 def check_job(result, text, data_dir, workers):
     assert result["mode"] == "local" and result["workers"] == workers
-    assert result["epochs"] == SMALL["EPOCHS"] and result["eval_accuracy"] > 0.3
+    assert result["epochs"] == LOCAL_RUN["EPOCHS"] and result["eval_accuracy"] > 0.3
     job_dir = RUNS_DIR / result["job_name"]
     metrics = json.loads((job_dir / "output" / "metrics.json").read_text()) \
         if (job_dir / "output" / "metrics.json").exists() \
@@ -97,15 +91,16 @@ def check_ranks(text, count):
     assert len({line[6] for line in lines}) == 1, f"ranks disagree: {lines}"  # fingerprints
 
 
-def test_1_2_keras_script_mode_in_the_2_21_image(sdk_offline, tmp_path, cifar_data_dir):  # noqa: F811
-    result, text = run_notebook(tmp_path, "1.2", DATA_DIR=str(cifar_data_dir))
+def test_1_2_keras_script_mode_in_the_2_21_image(local_1_2, cifar_data_dir):
+    result, text = local_1_2[0], output_text(local_1_2[1])
     metrics = check_job(result, text, cifar_data_dir, workers=1)
     assert metrics["tensorflow"] == "2.21.0" and metrics["keras"].startswith("3.")
 
 
 def test_1_5_horovod_over_two_containers_in_the_2_12_image(sdk_offline, tmp_path,  # noqa: F811
                                                            cifar_data_dir):
-    result, text = run_notebook(tmp_path, "1.5", DATA_DIR=str(cifar_data_dir), INSTANCE_COUNT=2)
+    result, text = run_in_local_mode(tmp_path, "1.5", DATA_DIR=str(cifar_data_dir),
+                                     INSTANCE_COUNT=2)
     metrics = check_job(result, text, cifar_data_dir, workers=2)
     assert metrics["tensorflow"] == "2.12.0"
     check_ranks(text, 2)
@@ -113,7 +108,8 @@ def test_1_5_horovod_over_two_containers_in_the_2_12_image(sdk_offline, tmp_path
 
 def test_3_2_mwms_over_two_containers_in_the_2_21_image(sdk_offline, tmp_path,  # noqa: F811
                                                         cifar_data_dir):
-    result, text = run_notebook(tmp_path, "3.2", DATA_DIR=str(cifar_data_dir), INSTANCE_COUNT=2)
+    result, text = run_in_local_mode(tmp_path, "3.2", DATA_DIR=str(cifar_data_dir),
+                                     INSTANCE_COUNT=2)
     check_job(result, text, cifar_data_dir, workers=2)
     check_ranks(text, 2)
 
@@ -171,7 +167,7 @@ INFERENCE_IMAGE = REGISTRY + SERVING_2_20_CPU
 def test_inference_stand_in_is_the_uri_4_1_names_with_the_real_versions():
     assert images.uri(SERVING_2_20_CPU, "us-east-1") == INFERENCE_IMAGE
     assert SERVING_2_20_CPU in "".join(cell.source for cell in nbformat.read(
-        next(p for p in run_notebooks.notebooks() if p.name.startswith("4.1.")), 4).cells)
+        notebook_path("4.1"), 4).cells)
     out = subprocess.run(["docker", "run", "--rm", "--network", "none", INFERENCE_IMAGE,
                           "python", "-c", VERSIONS], capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stderr[-2000:]
@@ -191,19 +187,14 @@ def containers_of(image):
 
 
 def test_4_1_deploys_and_transforms_in_the_inference_image(sdk_offline, tmp_path,  # noqa: F811
-                                                          cifar_data_dir):
+                                                          cifar_data_dir, local_1_2):
     """The SDK's own local-mode deploy, predict and transform, against the stand-in image."""
     import tensorflow as tf
 
     assert containers_of(INFERENCE_IMAGE) == []  # nothing left over from an earlier run
-    if records.load_result("1.2") is None:  # the model to deploy, trained in process mode
-        path = next(p for p in run_notebooks.notebooks() if p.name.startswith("1.2."))
-        outcome = run_notebooks.execute(path, {"DATA_DIR": str(cifar_data_dir), **SMALL},
-                                        output_dir=tmp_path / "1.2")
-        assert outcome["ok"], outcome["error"]
-    trained = records.load_result("1.2")
+    trained = records.load_result("1.2")  # local_1_2's, unless a later one: 4.1 deploys the last
     shutil.rmtree(RUNS_DIR / "4.1-deploy" / "transform-out", ignore_errors=True)
-    path = next(p for p in run_notebooks.notebooks() if p.name.startswith("4.1."))
+    path = notebook_path("4.1")
     outcome = run_notebooks.execute(path, {"MODE": "local", "DATA_DIR": str(cifar_data_dir),
                                            "BATCH_SIZE": 100}, output_dir=tmp_path)
     assert outcome["ok"], f"{path.name}: {outcome['error']}"

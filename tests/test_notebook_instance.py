@@ -21,7 +21,7 @@ from pathlib import Path
 import nbformat
 import pytest
 from aws_fixtures import sdk_offline  # noqa: F401  (telemetry off: nothing leaves the machine)
-from helpers import output_text
+from helpers import NOTEBOOK_RUN, notebook_path, output_text
 
 from workshop import run_notebooks
 
@@ -31,11 +31,7 @@ KEPT = "/home/ec2-user/SageMaker"
 PHASE0 = f"{KEPT}/workshop/code/phase0"
 ENV_PYTHON = f"{KEPT}/.envs/cifar-workshop/bin/python"
 CA_BUNDLE = "/etc/ssl/certs/ca-certificates.crt"  # this sandbox reaches the package index via it
-SMALL = {"EPOCHS": 3, "BATCH_SIZE": 64}
-
-
-def notebook_path(prefix):
-    return next(p for p in run_notebooks.notebooks() if p.name.startswith(prefix + "."))
+SMALL = NOTEBOOK_RUN  # as the notebook tests run 1.1 and 1.2
 
 
 def papermill(prefix, parameters=None, kernel=None, out=None):

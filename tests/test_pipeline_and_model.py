@@ -96,7 +96,9 @@ def test_first_layer_whitens_the_sample_and_convolutions_start_as_identity(cifar
 
 def test_inference_averages_six_views_training_does_not():
     model = cnn.build_model(SAMPLE)
-    body = model.get_layer("test_time_augmentation").body
+    # By type: Keras numbers a layer's default name per process (test_time_augmentation_3).
+    (tta,) = [layer for layer in model.layers if isinstance(layer, cnn.TestTimeAugmentation)]
+    body = tta.body
     images = SAMPLE[:4]
 
     def mirrored(views):

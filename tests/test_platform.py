@@ -8,6 +8,7 @@ import re
 import nbformat
 import pytest
 import sagemaker
+from helpers import notebook_path
 
 from workshop import PHASE0_DIR, SRC_DIR, images, instances, jobs, run_notebooks
 from workshop.entry_points import ENTRY_POINTS
@@ -98,7 +99,7 @@ def sdk_session():
 def test_script_mode_notebooks_train_on_the_supported_image(entry):
     """1.2, 2.1, 3.2 on TF 2.21 (the supported image), by URI; 1.5/2.2/3.1 keep the last images
     with Horovod and SMDDP and say that they are unpatched."""
-    path = next(p for p in run_notebooks.notebooks() if p.name.startswith(entry.notebook + "."))
+    path = notebook_path(entry.notebook)
     text = " ".join(" ".join(c.source for c in nbformat.read(path, as_version=4).cells).split())
     if entry.image_tags:
         assert entry.framework_version == "2.21"

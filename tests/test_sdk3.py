@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 from aws_fixtures import moto_server, sdk_offline  # noqa: F401  (moto_server on loopback)
-from helpers import output_text, served_accuracy
+from helpers import LOCAL_RUN, output_text, served_accuracy
 
 from workshop import sdk_version
 
@@ -218,27 +218,9 @@ def test_v3_requests_pass_in_its_venv_and_differ_from_v2s_as_stated(moto_server,
 
 # ------------------------------------------------------- notebook 6.0 in local mode (papermill)
 
-# As test_local_mode.py's 1.2 run, which is the v2 side of the comparison when the whole suite
-# runs (it records its run under runs/results/runs/); run alone, this file trains it once.
-SMALL = {"EPOCHS": 2, "BATCH_SIZE": 32, "LEARNING_RATE": 0.02}
 
 
-@pytest.fixture(scope="module")
-def v2_local_1_2(sdk_offline, cifar_data_dir, tmp_path_factory):  # noqa: F811
-    from workshop import records, run_notebooks
-
-    record, _ = records.latest_local_run("1.2", SMALL["EPOCHS"])
-    if record is None:
-        (path,) = run_notebooks.notebooks(only=["1.2"])
-        outcome = run_notebooks.execute(path, {"MODE": "local", "DATA_DIR": str(cifar_data_dir),
-                                               **SMALL}, output_dir=tmp_path_factory.mktemp("v2"))
-        assert outcome["ok"], outcome["error"]
-        record, why = records.latest_local_run("1.2", SMALL["EPOCHS"])
-        assert record, why
-    return record
-
-
-def test_6_0_runs_the_jobs_with_v3_in_local_mode(v2_local_1_2, cifar_data_dir, tmp_path):
+def test_6_0_runs_the_jobs_with_v3_in_local_mode(local_1_2, cifar_data_dir, tmp_path):
     """train_keras.py and train_tf_mwms.py under v3's driver in their images, unchanged but for
     the TF_CONFIG fallback; train_keras_horovod.py's MPI job fails as v3's local mode makes it."""
     import nbformat
@@ -247,7 +229,7 @@ def test_6_0_runs_the_jobs_with_v3_in_local_mode(v2_local_1_2, cifar_data_dir, t
 
     (path,) = run_notebooks.notebooks(only=["6.0"])
     outcome = run_notebooks.execute(path, {"MODE": "local", "DATA_DIR": str(cifar_data_dir),
-                                           **SMALL}, output_dir=tmp_path)
+                                           **LOCAL_RUN}, output_dir=tmp_path)
     assert outcome["ok"], outcome["error"]
     result = outcome["result"]
     notebook = nbformat.read(outcome["output"], as_version=4)
@@ -257,7 +239,7 @@ def test_6_0_runs_the_jobs_with_v3_in_local_mode(v2_local_1_2, cifar_data_dir, t
     v3 = result["v3"]
     assert (v3["mode"], v3["epochs"], v3["workers"]) == ("local", 2, 1)
     assert v3["eval_accuracy"] > 0.3  # 10 classes: chance is 0.1
-    assert result["v2"]["job_name"] == v2_local_1_2["job_name"]
+    assert result["v2"]["job_name"] == local_1_2[0]["job_name"]
     assert abs(v3["eval_accuracy"] - result["v2"]["eval_accuracy"]) <= 0.05
     served = served_accuracy(RUNS_DIR / v3["job_name"] / "model.tar.gz", cifar_data_dir)
     assert served == pytest.approx(v3["eval_accuracy"], abs=0.01)

@@ -225,8 +225,10 @@ class Lookahead:
             slow.assign(rho * slow + (1 - rho) * weight)
             weight.assign(slow)
 
-    @tf.function
-    def _copy(self, sources, targets):
+    @staticmethod
+    def _copy(sources, targets):
+        # Eager, twice an epoch at most: a tf.function would take Keras 3's variables as
+        # arguments and see tensors, which have no assign (it crashed at epoch 4, its first).
         for source, target in zip(sources, targets):
             target.assign(source)
 
