@@ -67,9 +67,9 @@ def metrics_from_log(text):
             for d in jobs.METRIC_DEFINITIONS}
 
 
-def check_job(result, text, data_dir, workers):
+def check_job(result, text, data_dir, workers, epochs=LOCAL_RUN["EPOCHS"]):
     assert result["mode"] == "local" and result["workers"] == workers
-    assert result["epochs"] == LOCAL_RUN["EPOCHS"] and result["eval_accuracy"] > 0.3
+    assert result["epochs"] == epochs and result["eval_accuracy"] > 0.3
     job_dir = RUNS_DIR / result["job_name"]
     metrics = json.loads((job_dir / "output" / "metrics.json").read_text()) \
         if (job_dir / "output" / "metrics.json").exists() \
@@ -117,13 +117,16 @@ def test_3_2_mwms_over_two_containers_in_the_2_21_image(sdk_offline, tmp_path,  
 @pytest.mark.parametrize("script, count", [("train_tf.py", 1), ("train_tf_horovod.py", 2),
                                            ("train_tf_ddp.py", 2)])
 def test_entry_point_in_its_image(sdk_offline, cifar_data_dir, capfd, script, count):  # noqa: F811
-    """The entry points no notebook test above runs in local mode, each in its own image."""
-    hyperparameters = {"epochs": 2, "batch-size": 32, "learning-rate": 0.02}
+    """The entry points no notebook test above runs in local mode, each in its own image; 4
+    epochs, so that the weight averaging (cifar.model.Lookahead, from epoch 3's end) runs in
+    the 2.21, 2.12 (Horovod 0.27) and 2.11 (py39) images."""
+    hyperparameters = {"epochs": 4, "batch-size": 32, "learning-rate": 0.02}
     estimator = jobs.workshop_estimator("local", script, hyperparameters, instance_count=count)
     estimator.fit(jobs.data_channels("local", cifar_data_dir))
     result = jobs.result_of(estimator)
     text = capfd.readouterr().out
-    metrics = check_job(records.headline(result), text, cifar_data_dir, workers=count)
+    metrics = check_job(records.headline(result), text, cifar_data_dir, workers=count,
+                        epochs=hyperparameters["epochs"])
     assert metrics["tensorflow"].startswith(ENTRY_POINTS_BY_SCRIPT[script].framework_version)
     if count > 1:
         check_ranks(text, count)
@@ -146,10 +149,11 @@ def run_in_image(image, script, data_dir, out_dir, *args, harness=None):
 def test_mwms_with_two_replicas_per_worker_keeps_batch_norm_finite(cifar_data_dir, tmp_path):
     """A worker with two GPUs on the Keras 3 image, over a batch count that two replicas cannot
     share evenly (1,024 records / 36 = 29 batches): no replica may get an empty batch. Before
-    the fix the second epoch logged `loss: nan` and the model predicted one class."""
+    the fix the second epoch logged `loss: nan` and the model predicted one class. Four
+    epochs: the weight averaging (from epoch 3's end) runs across the two replicas too."""
     harness = PHASE0_DIR.parent.parent / "tests" / "two_replica_worker"
     done = run_in_image(TRAINING_2_21_CPU, "train_tf_mwms.py", cifar_data_dir,
-                        tmp_path, "--epochs", "3", "--batch-size", "36",
+                        tmp_path, "--epochs", "4", "--batch-size", "36",
                         "--learning-rate", "0.02", harness=harness)
     assert done.returncode == 0, done.stderr[-3000:]
     assert "worker 0/1" in done.stdout

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 from aws_fixtures import moto_server, sdk_offline  # noqa: F401  (moto_server on loopback)
-from helpers import LOCAL_RUN, output_text, served_accuracy
+from helpers import LOCAL_RUN, output_text, run_notebook, served_accuracy
 
 from workshop import sdk_version
 
@@ -223,16 +223,10 @@ def test_v3_requests_pass_in_its_venv_and_differ_from_v2s_as_stated(moto_server,
 def test_6_0_runs_the_jobs_with_v3_in_local_mode(local_1_2, cifar_data_dir, tmp_path):
     """train_keras.py and train_tf_mwms.py under v3's driver in their images, unchanged but for
     the TF_CONFIG fallback; train_keras_horovod.py's MPI job fails as v3's local mode makes it."""
-    import nbformat
+    from workshop import RUNS_DIR
 
-    from workshop import RUNS_DIR, run_notebooks
-
-    (path,) = run_notebooks.notebooks(only=["6.0"])
-    outcome = run_notebooks.execute(path, {"MODE": "local", "DATA_DIR": str(cifar_data_dir),
-                                           **LOCAL_RUN}, output_dir=tmp_path)
-    assert outcome["ok"], outcome["error"]
-    result = outcome["result"]
-    notebook = nbformat.read(outcome["output"], as_version=4)
+    result, notebook = run_notebook(tmp_path, "6.0", {"MODE": "local",
+                                                      "DATA_DIR": str(cifar_data_dir), **LOCAL_RUN})
     text = output_text(notebook)
 
     # 1.2's job under v3: trained, evaluated, served, and as accurate as v2's run of it.
