@@ -37,15 +37,15 @@ NOTEBOOK_RUN = {"EPOCHS": 2, "BATCH_SIZE": 64}
 LOCAL_RUN = {"EPOCHS": 2, "BATCH_SIZE": 32, "LEARNING_RATE": 0.02}
 
 
-def notebook_path(number, language=None):
-    """The notebook numbered ``number`` ("1.2"), or its translation into ``language``."""
-    (path,) = run_notebooks.notebooks(only=[number], language=language)
+def notebook_path(number):
+    """The (English) notebook numbered ``number`` ("1.2")."""
+    (path,) = run_notebooks.notebooks(only=[number])
     return path
 
 
-def run_notebook(output_dir, number, parameters, expect=("Completed",), language=None):
+def run_notebook(output_dir, number, parameters, expect=("Completed",)):
     """Execute a notebook headless as CI does; (its RESULT dict, the executed notebook)."""
-    path = notebook_path(number, language)
+    path = notebook_path(number)
     outcome = run_notebooks.execute(path, parameters, output_dir=output_dir, expect=expect)
     assert outcome["ok"], f"{path.name}: {outcome['error']}"
     assert outcome["result"] is not None, f"{path.name} printed no RESULT line"

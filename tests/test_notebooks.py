@@ -45,8 +45,8 @@ def test_committed_notebook_is_clean_with_one_parameters_cell(path):
         assert TRAINING_PARAMETERS <= run_notebooks.parameter_names(path)
 
 
-def run(tmp_path, number, expect=("Completed",), language=None, **parameters):
-    return run_notebook(tmp_path, number, parameters, expect=expect, language=language)
+def run(tmp_path, number, expect=("Completed",), **parameters):
+    return run_notebook(tmp_path, number, parameters, expect=expect)
 
 
 def pictures(notebook):
@@ -106,12 +106,6 @@ def check_script_mode_run(number, result, notebook, epochs):
 def test_script_mode_notebook_trains_in_process_mode(notebook_run, number):
     done = notebook_run(number)
     check_script_mode_run(number, done.result, done.notebook, NOTEBOOK_RUN["EPOCHS"])
-
-
-def test_the_korean_1_2_trains_in_process_mode(tmp_path, cifar_data_dir):
-    result, notebook = run(tmp_path, "1.2", language="ko", DATA_DIR=str(cifar_data_dir),
-                           EPOCHS=1, BATCH_SIZE=64)
-    check_script_mode_run("1.2", result, notebook, 1)
 
 
 @pytest.mark.parametrize("number, sibling", [("1.5", "1.2"), ("2.2", "2.1"), ("3.1", "2.1"),
