@@ -132,10 +132,10 @@ def local_1_2(sdk_offline, tmp_path_factory, cifar_data_dir):  # noqa: F811
 
 
 # `make test` runs the files on two pytest-xdist workers: a file's tests stay on one worker, so
-# its module fixtures train once. The SDK's local mode is one resource: every job joins Docker's
-# network "sagemaker-local" under its host name (algo-1, ...), an endpoint binds port 8080
-# (sagemaker/local/image.py), and some tests assert that no container of an image runs. Those
-# files are one group. The longest groups go first (--no-loadscope-reorder keeps this order), so
+# its module fixtures train once. The SDK's local mode is one resource: every job's compose file
+# declares Docker's network "sagemaker-local", which the first job to start creates, an endpoint
+# binds port 8080 (sagemaker/local/image.py), and test_killed_job takes the one container of its
+# image for its job's. Those files are one group. The longest groups go first (--no-loadscope-reorder keeps this order), so
 # that the other worker takes the many short files beside them.
 LOCAL_MODE_FILES = {"test_local_mode.py", "test_killed_job.py", "test_sdk3.py",
                     "test_conformance.py"}
