@@ -135,8 +135,9 @@ def local_1_2(sdk_offline, tmp_path_factory, cifar_data_dir):  # noqa: F811
 # its module fixtures train once. The SDK's local mode is one resource: every job's compose file
 # declares Docker's network "sagemaker-local", which the first job to start creates, an endpoint
 # binds port 8080 (sagemaker/local/image.py), and test_killed_job takes the one container of its
-# image for its job's. Those files are one group. The longest groups go first (--no-loadscope-reorder keeps this order), so
-# that the other worker takes the many short files beside them.
+# image for its job's. Those files are one group. The longest groups go first
+# (--no-loadscope-reorder keeps this order), so that the other worker takes the many short files
+# beside them.
 LOCAL_MODE_FILES = {"test_local_mode.py", "test_killed_job.py", "test_sdk3.py",
                     "test_conformance.py"}
 FIRST_GROUPS = ["local-mode", "test_notebook_instance.py"]
