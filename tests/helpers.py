@@ -1,13 +1,16 @@
 """What several test files need, written once: launching the scripts as SageMaker does (mpirun's
-MPMD line, MultiWorkerMirroredStrategy workers with TF_CONFIG, a script run standalone), reading
-what they print, and scoring a model's serving signature as an endpoint would."""
+MPMD line, MultiWorkerMirroredStrategy workers with TF_CONFIG, a script run standalone), stopping
+one rank or worker at an event, reading what they print, and scoring a model's serving signature
+as an endpoint would."""
 
 import json
 import os
 import re
 import shutil
+import signal
 import subprocess
 import tarfile
+import time
 from pathlib import Path
 
 import nbformat
@@ -125,3 +128,58 @@ def standalone(python, entry_point, data_dir, out, *extra):
 def clean_env():
     """This environment without SageMaker's SM_* variables."""
     return {k: v for k, v in os.environ.items() if not k.startswith("SM_")}
+
+
+# ---- SIGTERM at an event ------------------------------------------------------------------------
+
+WINDOW = 120  # seconds SageMaker waits after SIGTERM; process mode's default grace
+
+
+def epoch_line(number):
+    """Matches the line an entry point prints at the end of epoch ``number`` (any prefix)."""
+    return re.compile(rf"(?:^|[\s\]:])epoch {number}/\d+ ", re.M)
+
+
+def epoch_numbers(text, epochs):
+    """The epochs of ``epochs`` whose line ``text`` holds, in order."""
+    return [int(n) for n in re.findall(rf"^(?:\[[^\]]*\] )?epoch (\d+)/{epochs} ", text, re.M)]
+
+
+def sigterm_at_first_epoch(proc, output_path, pids, deadline=240):
+    """SIGTERM to ``pids()`` as soon as epoch 1's line is in ``output_path``; returns the seconds
+    from the signal to ``proc``'s exit."""
+    limit, line = time.monotonic() + deadline, epoch_line(1)
+    while not line.search(output_path.read_text()):
+        assert proc.poll() is None and time.monotonic() < limit, output_path.read_text()[-3000:]
+        time.sleep(0.1)
+    sent = time.monotonic()
+    for pid in pids():
+        os.kill(pid, signal.SIGTERM)
+    proc.wait(timeout=WINDOW)
+    return time.monotonic() - sent
+
+
+def mpi_rank_pids(proc, script, rank):
+    """PIDs of ``script``'s rank ``rank`` under the mpirun ``proc``."""
+    import psutil
+
+    return [p.pid for p in psutil.Process(proc.pid).children(recursive=True)
+            if script in " ".join(p.cmdline()) and p.environ().get("OMPI_COMM_WORLD_RANK") ==
+            str(rank)]
+
+
+def check_agreed_stop(returncode, output, dirs, seconds, data_dir):
+    """After SIGTERM to rank/worker 1 only: every process exited 0 within a quarter of the
+    window, after the same step (one weights fingerprint), the chief alone saved a model, which
+    serves above chance, and rank/worker 1 wrote nothing. Returns the epochs done."""
+    assert returncode == 0, output[-3000:]
+    assert seconds < WINDOW / 4
+    fingerprints = [line[6] for line in rank_lines(output)]
+    assert len(fingerprints) == 2 and len(set(fingerprints)) == 1, output[-3000:]
+    metrics = json.loads((dirs[0]["output"] / "metrics.json").read_text())
+    done = metrics["stopped_after_epoch"]
+    assert output.count(f"stopped by SIGTERM after epoch {done}: model saved") == 1
+    assert served_accuracy(dirs[0]["model"], data_dir) > 0.2  # chance: 0.1
+    for path in dirs[1].values():  # rank/worker 1 saved nothing
+        assert not path.exists() or not any(p.is_file() for p in Path(path).rglob("*"))
+    return done

@@ -5,9 +5,12 @@ as two MPMD app contexts so that rank 1 gets its own output folders (it must wri
 MultiWorkerMirroredStrategy runs as two processes with the TF_CONFIG SageMaker sets, on free
 loopback ports, under TF 2.15 (Keras 2) and TF 2.21 (Keras 3: select with ``-k keras3``).
 Per run: exit 0, identical weight fingerprints on both ranks, disjoint shards covering the data,
-artifacts from rank 0 only, the scaled learning rate, accuracy above chance. Also: a killed rank
-fails the job quickly, a Horovod run resumes from its checkpoint, and every block a distributed
-script adds to the script it extends opens with its marker (``# Horovod:`` ...).
+artifacts from rank 0 only, the scaled learning rate, accuracy above chance. A Horovod run lives
+its whole life once: SIGTERM to rank 1 only as epoch 1's line appears (both ranks stop after the
+same step, rank 0 alone saves a model that serves), then the same command again, which resumes
+from rank 0's checkpoint and trains only the epochs left; the checks above run on its end. Also:
+a killed rank fails the job quickly, and every block a distributed script adds to the script it
+extends opens with its marker (``# Horovod:`` ...).
 """
 
 import ast
@@ -27,9 +30,13 @@ import pytest
 from helpers import (
     KERAS3_PYTHON,
     SRC,
+    check_agreed_stop,
+    epoch_numbers,
+    mpi_rank_pids,
     mpirun_argv,
     rank_dirs,
     rank_lines,
+    sigterm_at_first_epoch,
     start_mwms_workers,
 )
 
@@ -54,6 +61,7 @@ class Job:
     errors: str = ""  # stderr of all ranks
     seconds: float = 0.0
     dirs: list = field(default_factory=list)  # per rank: {"model", "output", "ckpt"} -> Path
+    stopped: "Job" = None  # the run stopped by SIGTERM to rank 1, which this one resumed
 
     def rank_lines(self):
         return rank_lines(self.output)
@@ -90,6 +98,36 @@ def run_mpi(name, script, data_dir, base, hyperparameters=HYPERPARAMETERS, dirs=
     return Job(name, proc.returncode, output, errors, time.monotonic() - started, dirs)
 
 
+def run_mpi_stopped_then_resumed(name, script, data_dir, base):
+    """SIGTERM to rank 1 only as epoch 1's line appears (a spot reclaim or max_run reaching one
+    host first), then the same command on the same folders: it resumes from rank 0's checkpoint
+    (rank 1 has none: it gets the state by broadcast) and finishes. The resumed run's Job, with
+    the stopped one in ``stopped`` (its rank 0 folders: copies of what it left)."""
+    dirs = [rank_dirs(base, rank) for rank in range(2)]
+    base.mkdir(parents=True, exist_ok=True)
+    log_path = base / "stopped.txt"
+    with open(log_path, "w") as log:
+        proc = subprocess.Popen(mpirun_argv(sys.executable, script, data_dir, dirs,
+                                            HYPERPARAMETERS), cwd=SRC, env=environment(),
+                                stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        seconds = sigterm_at_first_epoch(proc, log_path,
+                                         lambda: mpi_rank_pids(proc, script, rank=1))
+    finally:
+        stop(proc)
+    print(f"\nSIGTERM (rank 1 only)->exit {script}: {seconds:.1f} s")
+    # What rank 0 had when it stopped, kept aside: the resumed run replaces model and metrics.
+    kept = dict(dirs[0], model=base / "stopped" / "model", output=base / "stopped" / "output")
+    for key in ("model", "output"):
+        if dirs[0][key].is_dir():
+            shutil.copytree(dirs[0][key], kept[key])
+    stopped = Job(f"{name} (stopped)", proc.returncode, log_path.read_text(), "", seconds,
+                  [kept, dirs[1]])
+    resumed = run_mpi(name, script, data_dir, base, dirs=dirs)
+    resumed.stopped = stopped
+    return resumed
+
+
 def run_mwms(name, python, data_dir, base, hyperparameters=HYPERPARAMETERS):
     """Two workers with SageMaker's TF_CONFIG; if one fails, the other is stopped."""
     dirs = [rank_dirs(base, rank) for rank in range(2)]
@@ -111,10 +149,11 @@ def run_mwms(name, python, data_dir, base, hyperparameters=HYPERPARAMETERS):
     return Job(name, returncode, output, errors, time.monotonic() - started, dirs)
 
 
+HOROVOD = {"keras_horovod": "train_keras_horovod.py", "tf_horovod": "train_tf_horovod.py"}
 JOBS = {
-    "keras_horovod": lambda data, base: run_mpi("keras_horovod", "train_keras_horovod.py",
-                                                data, base),
-    "tf_horovod": lambda data, base: run_mpi("tf_horovod", "train_tf_horovod.py", data, base),
+    **{name: (lambda data, base, name=name, script=script:
+              run_mpi_stopped_then_resumed(name, script, data, base))
+       for name, script in HOROVOD.items()},
     "tf_ddp": lambda data, base: run_mpi("tf_ddp", "train_tf_ddp.py", data, base),
     "tf_mwms": lambda data, base: run_mwms("tf_mwms", sys.executable, data, base),
     "tf_mwms_keras3": lambda data, base: run_mwms("tf_mwms_keras3", KERAS3_PYTHON, data, base),
@@ -193,26 +232,30 @@ def test_ddp_names_its_backend_first(cifar_data_dir, tmp_path_factory):
     assert first == "backend: horovod.tensorflow", first  # SMDDP is not installed here
 
 
-# ---- Horovod: resume, failure ----------------------------------------------------------------
+# ---- Horovod: one rank stopped, then resumed; failure -------------------------------------------
 
-@pytest.mark.parametrize("name, script", [("tf_horovod", "train_tf_horovod.py"),
-                                          ("keras_horovod", "train_keras_horovod.py")])
-def test_horovod_resumes_from_rank_0_checkpoint(name, script, cifar_data_dir, tmp_path,
-                                                tmp_path_factory):
-    """Rerun a finished job, asking for one epoch more, on a copy of its folders."""
-    first = finished(name, cifar_data_dir, tmp_path_factory)
-    dirs = [rank_dirs(tmp_path, rank) for rank in range(2)]
-    for key in ("ckpt", "output"):
-        shutil.copytree(first.dirs[0][key], dirs[0][key])
-    again = HYPERPARAMETERS[:]
-    again[again.index("--epochs") + 1] = str(EPOCHS + 1)
-    resumed = run_mpi("resumed", script, cifar_data_dir, tmp_path, again, dirs=dirs)
-    assert resumed.returncode == 0, resumed.output[-3000:] + resumed.errors[-3000:]
-    assert f"resuming from checkpoint: epochs 1-{EPOCHS} done" in resumed.output
-    assert re.findall(rf"^epoch (\d+)/{EPOCHS + 1} ", resumed.output, re.M) == [str(EPOCHS + 1)]
-    assert [row["epoch"] for row in resumed.metrics()["history"]] == list(range(1, EPOCHS + 2))
-    assert len({g[6] for g in resumed.rank_lines()}) == 1  # rank 1 got rank 0's state
-    assert all(files_under(path) == [] for path in dirs[1].values())
+@pytest.fixture(scope="module", params=list(HOROVOD))
+def horovod_job(request, cifar_data_dir, tmp_path_factory):
+    return finished(request.param, cifar_data_dir, tmp_path_factory)
+
+
+def test_sigterm_to_one_rank_stops_both_after_the_same_step(horovod_job, cifar_data_dir):
+    stopped = horovod_job.stopped
+    done = check_agreed_stop(stopped.returncode, stopped.output, stopped.dirs, stopped.seconds,
+                             cifar_data_dir)
+    assert 1 <= done < EPOCHS, stopped.output[-3000:]
+    assert epoch_numbers(stopped.output, EPOCHS) == list(range(1, done + 1))
+
+
+def test_the_resumed_run_trains_only_the_epochs_left(horovod_job):
+    """From rank 0's checkpoint; rank 1 has none and ends with the same weights (the rank
+    lines' check above), so it got rank 0's state."""
+    done = max(epoch_numbers(horovod_job.stopped.output, EPOCHS))
+    assert f"resuming from checkpoint: epochs 1-{done} done" in horovod_job.output
+    assert epoch_numbers(horovod_job.output, EPOCHS) == list(range(done + 1, EPOCHS + 1))
+    assert [row["epoch"] for row in horovod_job.metrics()["history"]] == list(
+        range(1, EPOCHS + 1))
+    assert "stopped_by" not in horovod_job.metrics()
 
 
 def test_a_killed_rank_fails_the_job_quickly(cifar_data_dir, tmp_path):

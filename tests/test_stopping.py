@@ -6,10 +6,10 @@ it has, and the job ends Stopped with a model that serves.
   SIGTERM, tested on the probe in test_process_mode) -> Stopped, model.tar.gz serves uint8
   images, metrics.json records the stop, far less than the 120 s window used. Every entry point
   is stopped once: train_keras.py, train_tf_ddp.py and train_tf_mwms.py here, train_tf.py in the
-  RESUME_FROM test, the two Horovod scripts in their one-rank test (the harder case: SIGTERM
-  reaches one rank, and both must stop);
+  RESUME_FROM test, the two Horovod scripts in test_distributed (SIGTERM to one rank, the harder
+  case: both must stop, then the job resumes);
 - Keras 3 (.venv-keras3): the same scripts, SIGTERM sent by hand, then resumed to the end;
-- distributed: SIGTERM to ONE rank/worker only -> all agree and stop at the same step, same
+- MWMS on Keras 3: SIGTERM to ONE worker only -> both agree and stop at the same step, same
   weights everywhere, one saved model, which serves;
 - RESUME_FROM: a stopped job resumed from its checkpoint location finishes every epoch once,
   with the learning rate where an uninterrupted run has it.
@@ -22,21 +22,21 @@ test prints ``SIGTERM->exit <entry point>: X s`` (run pytest with -s to see the 
 import json
 import os
 import re
-import signal
 import subprocess
-import sys
 import threading
 import time
-from pathlib import Path
 
 import pytest
 from helpers import (
     KERAS3_PYTHON,
-    SRC,
+    WINDOW,
+    check_agreed_stop,
     clean_env,
-    mpirun_argv,
+    epoch_line,
+    epoch_numbers,
     rank_dirs,
     served_accuracy,
+    sigterm_at_first_epoch,
     standalone,
     start_mwms_workers,
 )
@@ -44,7 +44,6 @@ from helpers import (
 from workshop import jobs, resume
 from workshop.process_mode.runner import JobStoppedWarning, run_process_job
 
-WINDOW = 120  # SageMaker's; process mode's default
 # Stopped after epoch 1 of 4: one epoch at the full learning rate (warm-up 1 epoch) is enough to
 # beat chance on the fixture data, and no machine finishes epochs 2-4 before the signal lands.
 EPOCHS = 4
@@ -52,7 +51,7 @@ HYPERPARAMETERS = {"epochs": EPOCHS, "batch-size": 32, "learning-rate": 0.02,
                    "warmup-epochs": 1}
 ARGS = [str(word) for key, value in HYPERPARAMETERS.items() for word in (f"--{key}", value)]
 # Stopped by a stop request here; train_tf.py in the RESUME_FROM test, the Horovod scripts by
-# SIGTERM to one rank (test_horovod_ranks_agree_when_only_one_gets_sigterm).
+# SIGTERM to one rank in test_distributed (their two-rank run is stopped, then resumed).
 DISTRIBUTIONS = {
     "train_keras.py": {},
     "train_tf_ddp.py": {"instance_count": 2},  # the distribution: the registry's
@@ -61,15 +60,6 @@ DISTRIBUTIONS = {
 EXIT_LINE = re.compile(r"all processes ended ([\d.]+)s after SIGTERM")
 FINGERPRINT = re.compile(r"^(?:\[[^\]]*\] )?(?:rank|worker) \d+/\d+: .*weights fingerprint "
                          r"([0-9a-f]{8})$", re.M)
-
-
-def epoch_numbers(text, epochs):
-    return [int(n) for n in re.findall(rf"^(?:\[[^\]]*\] )?epoch (\d+)/{epochs} ", text, re.M)]
-
-
-def epoch_line(number):
-    """Matches the line an entry point prints at the end of epoch ``number`` (any prefix)."""
-    return re.compile(rf"(?:^|[\s\]:])epoch {number}/\d+ ", re.M)
 
 
 def stopped_job(estimator, inputs, runs_dir, after_epoch=1):
@@ -120,20 +110,6 @@ def check_stopped_job(result, entry_point, data_dir, ranks=1):
     return done
 
 
-def sigterm_at_first_epoch(proc, output_path, pids, deadline=240):
-    """SIGTERM to ``pids()`` as soon as epoch 1's line is in ``output_path``; returns the seconds
-    from the signal to ``proc``'s exit."""
-    limit, line = time.monotonic() + deadline, epoch_line(1)
-    while not line.search(output_path.read_text()):
-        assert proc.poll() is None and time.monotonic() < limit, output_path.read_text()[-3000:]
-        time.sleep(0.1)
-    sent = time.monotonic()
-    for pid in pids():
-        os.kill(pid, signal.SIGTERM)
-    proc.wait(timeout=WINDOW)
-    return time.monotonic() - sent
-
-
 @pytest.mark.parametrize("entry_point", ["train_keras.py", "train_tf.py"])
 def test_keras3_entry_points_stop_on_sigterm_then_resume_and_serve(entry_point, cifar_data_dir,
                                                                    tmp_path):
@@ -179,35 +155,6 @@ def test_keras3_entry_points_stop_on_sigterm_then_resume_and_serve(entry_point, 
         metrics["eval_accuracy"], abs=0.01)
 
 
-def ranks_of(proc, script):
-    import psutil
-
-    return [p for p in psutil.Process(proc.pid).children(recursive=True)
-            if script in " ".join(p.cmdline())]
-
-
-@pytest.mark.parametrize("script", ["train_tf_horovod.py", "train_keras_horovod.py"])
-def test_horovod_ranks_agree_when_only_one_gets_sigterm(script, cifar_data_dir, tmp_path):
-    dirs = [rank_dirs(tmp_path, rank) for rank in range(2)]
-    argv = mpirun_argv(sys.executable, script, cifar_data_dir, dirs, ARGS)
-    log_path = tmp_path / "log.txt"
-    with open(log_path, "w") as log:
-        proc = subprocess.Popen(argv, cwd=SRC, env={**os.environ, "PYTHONUNBUFFERED": "1"},
-                                stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
-    try:
-        def rank_1():
-            return [p.pid for p in ranks_of(proc, script)
-                    if p.environ().get("OMPI_COMM_WORLD_RANK") == "1"]
-
-        seconds = sigterm_at_first_epoch(proc, log_path, rank_1)
-    finally:
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
-    print(f"\nSIGTERM (rank 1 only)->exit {script}: {seconds:.1f} s")
-    check_agreed_stop(proc.returncode, log_path.read_text(), dirs, seconds, cifar_data_dir)
-
-
 def test_mwms_keras3_workers_agree_when_only_one_gets_sigterm(cifar_data_dir, tmp_path):
     dirs = [rank_dirs(tmp_path, rank) for rank in range(2)]
     logs = [tmp_path / "worker0.txt", tmp_path / "worker1.txt"]
@@ -225,19 +172,6 @@ def test_mwms_keras3_workers_agree_when_only_one_gets_sigterm(cifar_data_dir, tm
     codes = [abs(proc.returncode) for proc in procs]
     check_agreed_stop(max(codes), "".join(log.read_text() for log in logs), dirs, seconds,
                       cifar_data_dir)
-
-
-def check_agreed_stop(returncode, output, dirs, seconds, data_dir):
-    assert returncode == 0, output[-3000:]
-    assert seconds < WINDOW / 4
-    fingerprints = FINGERPRINT.findall(output)
-    assert len(fingerprints) == 2 and len(set(fingerprints)) == 1, output[-3000:]
-    metrics = json.loads((dirs[0]["output"] / "metrics.json").read_text())
-    done = metrics["stopped_after_epoch"]
-    assert output.count(f"stopped by SIGTERM after epoch {done}: model saved") == 1
-    assert served_accuracy(dirs[0]["model"], data_dir) > 0.2  # chance: 0.1
-    for path in dirs[1].values():  # rank/worker 1 saved nothing
-        assert not path.exists() or not any(p.is_file() for p in Path(path).rglob("*"))
 
 
 def test_resume_from_a_stopped_job_finishes_every_epoch_once(cifar_data_dir, tmp_path):
