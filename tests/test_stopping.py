@@ -35,6 +35,7 @@ from helpers import (
     epoch_line,
     epoch_numbers,
     rank_dirs,
+    rank_lines,
     served_accuracy,
     sigterm_at_first_epoch,
     standalone,
@@ -58,8 +59,6 @@ DISTRIBUTIONS = {
     "train_tf_mwms.py": {"instance_count": 2},
 }
 EXIT_LINE = re.compile(r"all processes ended ([\d.]+)s after SIGTERM")
-FINGERPRINT = re.compile(r"^(?:\[[^\]]*\] )?(?:rank|worker) \d+/\d+: .*weights fingerprint "
-                         r"([0-9a-f]{8})$", re.M)
 
 
 def stopped_job(estimator, inputs, runs_dir, after_epoch=1):
@@ -104,7 +103,7 @@ def check_stopped_job(result, entry_point, data_dir, ranks=1):
     assert log.count(f"saved model: {job_model} ") == 1  # one model, from the chief
     assert not (result.model_artifact.parent / "output" / "failure").exists()
     assert served_accuracy(result.model_artifact, data_dir) > 0.2  # chance: 0.1
-    fingerprints = FINGERPRINT.findall(log)
+    fingerprints = [line[6] for line in rank_lines(log)]
     if ranks > 1:  # two ranks or workers: they stopped in step
         assert len(fingerprints) == 2 and len(set(fingerprints)) == 1, fingerprints
     return done
