@@ -90,8 +90,9 @@ def script_args(data_dir, dirs):
 
 def mpirun_argv(python, script, data_dir, dirs, hyperparameters):
     """mpirun with one app context per rank (MPMD), each with its own output folders, so that a
-    test sees what rank 1 writes (it must write nothing)."""
-    argv = [MPIRUN, "--allow-run-as-root", "--oversubscribe"]
+    test sees what rank 1 writes (it must write nothing). Waiting ranks yield, as in process
+    mode."""
+    argv = [MPIRUN, "--allow-run-as-root", "--oversubscribe", "-mca", "mpi_yield_when_idle", "1"]
     for rank, rank_dir in enumerate(dirs):
         argv += ([":"] if rank else []) + ["-np", "1", str(python), script,
                                            *script_args(data_dir, rank_dir), *hyperparameters]
