@@ -99,6 +99,7 @@ bench: setup
 	$(BIN)/python benchmarks/entry_points.py
 	$(BIN)/python benchmarks/serving.py
 	$(BIN)/python benchmarks/epoch_cost.py
+	$(BIN)/python benchmarks/mpi_yield.py
 
 clean:
 	rm -rf code/phase0/runs
