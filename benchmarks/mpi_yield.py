@@ -23,20 +23,11 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(ROOT / "tests"), str(ROOT / "code" / "phase0")]
 
-import synthetic_cifar  # noqa: E402
+from entry_points import make_data  # noqa: E402
 
-from workshop import SRC_DIR, dataset  # noqa: E402
+from workshop import SRC_DIR  # noqa: E402
 
 YIELD = ["-mca", "mpi_yield_when_idle", "1"]
-
-
-def make_data(folder, per_batch):
-    archive = folder / "cifar-10-python.tar.gz"
-    md5 = synthetic_cifar.make_archive(archive, per_batch=per_batch)["md5"]
-    data_dir = folder / "cifar10"
-    dataset.prepare_cifar10(url=str(archive), md5=md5, data_dir=data_dir, num_shards=4,
-                            progress=False)
-    return data_dir
 
 
 def run(data_dir, out, epochs, flags):
