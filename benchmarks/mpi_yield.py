@@ -5,9 +5,9 @@
 
 Makes a synthetic CIFAR-10 archive (tests/synthetic_cifar.py) and converts it as notebook 1.0
 does, then runs ``train_tf_horovod.py`` under ``mpirun -np 2`` (batch 32) alternately without and
-with ``-mca mpi_yield_when_idle 1``. Prints each run's wall time and CPU time (user + system of
-mpirun and its ranks) and the ratios of the means, yield over default. Process mode and the
-tests' two-rank launches pass the flag: every rank shares this machine's cores.
+with process mode's ``-mca mpi_yield_when_idle 1``. Prints each run's wall time and CPU time
+(user + system of mpirun and its ranks) and the ratios of the means, yield over default. Process
+mode and the tests' two-rank launches pass the flag: every rank shares this machine's cores.
 """
 
 import argparse
@@ -26,8 +26,7 @@ sys.path[:0] = [str(ROOT / "tests"), str(ROOT / "code" / "phase0")]
 from entry_points import make_data  # noqa: E402
 
 from workshop import SRC_DIR  # noqa: E402
-
-YIELD = ["-mca", "mpi_yield_when_idle", "1"]
+from workshop.process_mode.runner import YIELD_WHEN_IDLE  # noqa: E402
 
 
 def run(data_dir, out, epochs, flags):
@@ -56,7 +55,7 @@ def main():
         runs = {"default": [], "yield": []}
         print(f"{'run':<10} {'wall s':>8} {'CPU s':>8}")
         for repeat in range(args.repeats):
-            for name, flags in (("default", []), ("yield", YIELD)):
+            for name, flags in (("default", ()), ("yield", YIELD_WHEN_IDLE)):
                 wall, cpu = run(data_dir, Path(tmp) / f"{name}{repeat}", args.epochs, flags)
                 runs[name].append((wall, cpu))
                 print(f"{name:<10} {wall:8.1f} {cpu:8.1f}", flush=True)

@@ -17,6 +17,7 @@ import nbformat
 
 from workshop import RUNS_DIR, SRC_DIR, dataset, run_notebooks
 from workshop.files import free_ports
+from workshop.process_mode.runner import YIELD_WHEN_IDLE
 from workshop.serving import inference
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -92,7 +93,7 @@ def mpirun_argv(python, script, data_dir, dirs, hyperparameters):
     """mpirun with one app context per rank (MPMD), each with its own output folders, so that a
     test sees what rank 1 writes (it must write nothing). Waiting ranks yield, as in process
     mode."""
-    argv = [MPIRUN, "--allow-run-as-root", "--oversubscribe", "-mca", "mpi_yield_when_idle", "1"]
+    argv = [MPIRUN, "--allow-run-as-root", "--oversubscribe", *YIELD_WHEN_IDLE]
     for rank, rank_dir in enumerate(dirs):
         argv += ([":"] if rank else []) + ["-np", "1", str(python), script,
                                            *script_args(data_dir, rank_dir), *hyperparameters]

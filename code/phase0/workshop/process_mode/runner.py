@@ -430,6 +430,13 @@ def plan_mwms(spec, machine, args):
     return procs
 
 
+# Every rank runs on this machine's cores, so a rank waiting for the others yields its core
+# instead of spinning, which Open MPI does unless it counts more ranks than slots
+# (benchmarks/mpi_yield.py: a third less CPU for two Horovod ranks on two cores). SageMaker gives
+# each host its own cores.
+YIELD_WHEN_IDLE = ("-mca", "mpi_yield_when_idle", "1")
+
+
 def plan_mpirun(spec, machine, args):
     mpirun = shutil.which("mpirun")
     if not mpirun:
@@ -441,13 +448,10 @@ def plan_mpirun(spec, machine, args):
         master[f"SMDATAPARALLEL_USE_{flag}"] = "1"
     hps = decode_hyperparameters(spec.hyperparameters)
     custom = hps.get("sagemaker_mpi_custom_mpi_options") or ""
-    # Every rank runs on this machine's cores, so a rank waiting for the others yields its core
-    # instead of spinning, which Open MPI does by default (benchmarks/mpi_yield.py: a third less
-    # CPU for two Horovod ranks on two cores). SageMaker gives each host its own cores.
     argv = [mpirun, "--allow-run-as-root", "--oversubscribe", "--bind-to", "none",
             "--tag-output", "-mca", "orte_abort_on_non_zero_status", "1",
             "-mca", "pml", "ob1", "-mca", "btl", "^openib",
-            "-mca", "btl_vader_single_copy_mechanism", "none", "-mca", "mpi_yield_when_idle", "1",
+            "-mca", "btl_vader_single_copy_mechanism", "none", *YIELD_WHEN_IDLE,
             *shlex.split(str(custom))]
     for index, host in enumerate(spec.hosts):
         if index:
