@@ -1,8 +1,9 @@
 """What several test files need, written once: launching the scripts as SageMaker does (mpirun's
 MPMD line, MultiWorkerMirroredStrategy workers with TF_CONFIG, a script run standalone), stopping
-one rank or worker at an event, reading what they print, and scoring a model's serving signature
-as an endpoint would."""
+one rank or worker at an event, stopping a notebook's process-mode job at its first epoch line,
+reading what they print, and scoring a model's serving signature as an endpoint would."""
 
+import contextlib
 import json
 import os
 import re
@@ -10,6 +11,7 @@ import shutil
 import signal
 import subprocess
 import tarfile
+import threading
 import time
 from pathlib import Path
 
@@ -17,7 +19,8 @@ import nbformat
 
 from workshop import RUNS_DIR, SRC_DIR, dataset, run_notebooks
 from workshop.files import free_ports
-from workshop.process_mode.runner import YIELD_WHEN_IDLE
+from workshop.log_format import parse_epoch_line
+from workshop.process_mode.runner import STOP_FILE, YIELD_WHEN_IDLE
 from workshop.serving import inference
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -39,6 +42,32 @@ def rank_lines(text):
 # the local-mode tests give theirs (conftest.local_1_2 too).
 NOTEBOOK_RUN = {"EPOCHS": 2, "BATCH_SIZE": 64}
 LOCAL_RUN = {"EPOCHS": 2, "BATCH_SIZE": 32, "LEARNING_RATE": 0.02}
+
+
+@contextlib.contextmanager
+def stop_at_first_epoch_line(runs_dir=RUNS_DIR):
+    """StopTrainingJob (runs/<job>/stop) for the first process-mode job that the block starts,
+    as soon as its log holds an epoch line: for a notebook, whose kernel runs the job."""
+    runs_dir = Path(runs_dir)
+    before = set(runs_dir.iterdir()) if runs_dir.exists() else set()
+    finished = threading.Event()
+
+    def watch():
+        while not finished.wait(0.2):
+            for job_dir in (set(runs_dir.iterdir()) if runs_dir.exists() else set()) - before:
+                logs = job_dir / "logs.txt"
+                text = logs.read_text(errors="replace") if logs.exists() else ""
+                if any(parse_epoch_line(line) for line in text.splitlines()):
+                    (job_dir / STOP_FILE).touch()
+                    return
+
+    watcher = threading.Thread(target=watch, daemon=True)
+    watcher.start()
+    try:
+        yield
+    finally:
+        finished.set()
+        watcher.join()
 
 
 def notebook_path(number):

@@ -44,9 +44,13 @@ def save_for_serving(model, model_dir, epoch=None, quiet=False):
 
     if hasattr(tf.keras, "export"):  # Keras 2.12+ and Keras 3
         write_export_archive(model, serve, signature, partial)
-    else:  # TF 2.11 (the SMDDP image): Keras 2 models save with tf.saved_model directly
-        tf.saved_model.save(model, partial, options=SAVE_OPTIONS, signatures={
-            "serving_default": tf.function(serve, input_signature=signature)})
+    else:  # TF 2.11 (the SMDDP image): tf.saved_model directly, of a module that holds only
+        # the weights and the function; saving the Keras model itself traced every layer again.
+        module = tf.Module()
+        module.weights = model.weights
+        module.serve = tf.function(serve, input_signature=signature)
+        tf.saved_model.save(module, partial, options=SAVE_OPTIONS,
+                            signatures={"serving_default": module.serve})
     os.makedirs(os.path.join(partial, "assets.extra"), exist_ok=True)
     with open(os.path.join(partial, "assets.extra", EXPORT_INFO), "w") as f:
         json.dump({"epoch": epoch}, f)

@@ -43,6 +43,10 @@ process exited 0, as the toolkit writes it when the entry point returns 0), the 
 text as a ``JobStoppedWarning``. A failure (non-zero exit without a stop) raises JobFailed, and
 an interrupt (KeyboardInterrupt) stops every process, writes output/failure and goes on.
 
+StopTrainingJob, as SageMaker: a file ``runs/<job>/stop`` (``touch`` it from a terminal while a
+notebook cell waits on the job), or the caller's ``stop_request`` event, stops the job the same
+way; it ends ``Stopped`` with reason ``Stopped`` instead of ``MaxRuntimeExceeded``.
+
 How SIGTERM reaches the entry point in a SageMaker image (read 2026-11): the platform signals
 the container's PID 1, which is the toolkit's ``train`` (or the image's entry script running
 it). sagemaker-training 5.1.4 installs no signal handler and does not forward SIGTERM to the
@@ -163,7 +167,8 @@ def run_process_job(estimator, inputs, job_name=None, runs_dir=RUNS_DIR, stream=
         then SIGTERM, ``stop_grace`` seconds, SIGKILL; the job ends "Stopped" (see above).
     on_line: called with every log line (e.g. a progress.EpochProgress bar).
     stop_request: a threading.Event; set, the job is stopped as at max_run (SageMaker's
-        StopTrainingJob: status "Stopped", reason "Stopped").
+        StopTrainingJob: status "Stopped", reason "Stopped"). A file runs/<job>/stop does the
+        same (STOP_FILE).
     """
     started = time.monotonic()
     spec = describe_job(estimator, inputs, job_name, Path(runs_dir))
@@ -181,7 +186,8 @@ def run_process_job(estimator, inputs, job_name=None, runs_dir=RUNS_DIR, stream=
         try:
             outcome = supervise(procs, log, limit, label_lines=processes > 1,
                                 processes_per_host=spec.processes_per_host, grace=stop_grace,
-                                stop_request=stop_request)
+                                stop_request=StopRequest(stop_request,
+                                                         spec.job_dir / STOP_FILE))
         except KeyboardInterrupt:
             write_atomic(os.path.join(paths.output, "failure"),
                          "interrupted (KeyboardInterrupt): every process was stopped\n")
@@ -204,6 +210,20 @@ def run_process_job(estimator, inputs, job_name=None, runs_dir=RUNS_DIR, stream=
                       status=outcome.status,
                       stop_reason=outcome.what if outcome.status == "Stopped" else None,
                       seconds_to_exit=outcome.seconds_to_exit, last_epoch=epochs.epoch)
+
+
+STOP_FILE = "stop"  # runs/<job>/stop: StopTrainingJob for a job of this machine
+
+
+class StopRequest:
+    """Set when the caller's event is set or the job's stop file exists (from another
+    process: a terminal, or a test waiting for the first epoch line)."""
+
+    def __init__(self, event, path):
+        self.event, self.path = event, path
+
+    def is_set(self):
+        return (self.event is not None and self.event.is_set()) or self.path.exists()
 
 
 class LastEpoch:

@@ -98,8 +98,9 @@ def supervise(procs, log, timeout, label_lines, processes_per_host,
     """Run all processes; stop the rest as soon as one fails; at ``timeout`` s stop them all as
     SageMaker does at max_run (SIGTERM, ``grace`` s, SIGKILL). Returns an Outcome.
 
-    stop_request: a threading.Event; set, it stops the job the same way, as SageMaker's
-    StopTrainingJob does (secondary status "Stopped" instead of "MaxRuntimeExceeded").
+    stop_request: anything with ``is_set()`` (a threading.Event); set, it stops the job the
+    same way, as SageMaker's StopTrainingJob does (secondary status "Stopped" instead of
+    "MaxRuntimeExceeded").
     """
     running, readers, watchdog = [], [], None
     deadline = time.monotonic() + timeout if timeout else None
