@@ -12,7 +12,7 @@ BIN := $(VENV)/bin
 KERNEL := cifar-workshop
 # make test: pytest-xdist workers (tests/conftest.py says what runs beside what; 0: one process,
 # in file order), and more pytest options, e.g. PYTEST_ARGS=--random-order-bucket=module.
-TEST_WORKERS ?= 2
+TEST_WORKERS ?= 3
 PYTEST_ARGS ?=
 # make workshop: process mode on the real CIFAR-10 (or CIFAR10_URL/CIFAR10_MD5 from the environment).
 WORKSHOP_EPOCHS ?= 3

@@ -8,6 +8,7 @@ converted data holds train 1,024 / validation 256 / eval 256 records.
 import atexit
 import os
 import shutil
+import subprocess
 import tempfile
 
 # First, before anything imports `workshop` (which reads WORKSHOP_RUNS_DIR once): no AWS here,
@@ -131,21 +132,41 @@ def local_1_2(sdk_offline, tmp_path_factory, cifar_data_dir):  # noqa: F811
                         {"MODE": "local", "DATA_DIR": str(cifar_data_dir), **LOCAL_RUN})
 
 
-# `make test` runs the files on two pytest-xdist workers: a file's tests stay on one worker, so
-# its module fixtures train once. The SDK's local mode is one resource: every job's compose file
-# declares Docker's network "sagemaker-local", which the first job to start creates, an endpoint
-# binds port 8080 (sagemaker/local/image.py), and test_killed_job takes the one container of its
-# image for its job's. Those files are one group. The longest groups go first
-# (--no-loadscope-reorder keeps this order), so that the other worker takes the many short files
-# beside them.
-LOCAL_MODE_FILES = {"test_local_mode.py", "test_killed_job.py", "test_sdk3.py",
-                    "test_conformance.py"}
-FIRST_GROUPS = ["local-mode", "test_notebook_instance.py"]
+# `make test` runs the files on pytest-xdist workers (three: TEST_WORKERS in the Makefile). A
+# file's tests stay on one worker, so its module fixtures train once; files that share a session
+# fixture's training are one group (test_sdk3 compares 6.0's run with local_1_2, which
+# test_local_mode checks). Jobs of the SDK's local mode that run at once share three things:
+# - Docker's network "sagemaker-local", which every job's compose file declares and the first
+#   job creates (sagemaker/local/image.py); two first jobs at once could both create it, so
+#   pytest_sessionstart creates it before any worker starts;
+# - port 8080, which an endpoint binds: only 4.1's test deploys one;
+# - the images: test_killed_job finds its job's container by the job's name, and 4.1's test
+#   counts the inference image's containers, which no other group runs.
+# So the local-mode files are two groups, which run beside each other and beside the
+# notebook-instance test (mostly pip downloading). These longest groups go first
+# (--no-loadscope-reorder keeps this order); the other workers take the short files.
+GROUPS = {"test_local_mode.py": "local-mode notebooks", "test_sdk3.py": "local-mode notebooks",
+          "test_images.py": "local-mode images", "test_killed_job.py": "local-mode images",
+          "test_conformance.py": "local-mode images"}
+FIRST_GROUPS = ["local-mode images", "local-mode notebooks", "test_notebook_instance.py"]
+LOCAL_MODE_NETWORK = "sagemaker-local"
 
 
 def group_of(path):
     name = Path(path).name
-    return "local-mode" if name in LOCAL_MODE_FILES else name
+    return GROUPS.get(name, name)
+
+
+def pytest_sessionstart(session):
+    """Once, before the workers start (the controller, or the only process): the network that
+    local mode's jobs share, if a Docker engine answers."""
+    if hasattr(session.config, "workerinput") or shutil.which("docker") is None:
+        return
+    found = subprocess.run(["docker", "network", "inspect", LOCAL_MODE_NETWORK],
+                           capture_output=True, timeout=60)
+    if found.returncode != 0:
+        subprocess.run(["docker", "network", "create", LOCAL_MODE_NETWORK], capture_output=True,
+                       timeout=60)
 
 
 def pytest_xdist_make_scheduler(config, log):

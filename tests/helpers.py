@@ -1,7 +1,8 @@
 """What several test files need, written once: launching the scripts as SageMaker does (mpirun's
 MPMD line, MultiWorkerMirroredStrategy workers with TF_CONFIG, a script run standalone), stopping
 one rank or worker at an event, stopping a notebook's process-mode job at its first epoch line,
-reading what they print, and scoring a model's serving signature as an endpoint would."""
+reading what they print, scoring a model's serving signature as an endpoint would, and checking a
+local-mode job (its model, the metrics SageMaker would chart, its ranks)."""
 
 import contextlib
 import json
@@ -16,8 +17,9 @@ import time
 from pathlib import Path
 
 import nbformat
+import pytest
 
-from workshop import RUNS_DIR, SRC_DIR, dataset, run_notebooks
+from workshop import RUNS_DIR, SRC_DIR, dataset, jobs, run_notebooks
 from workshop.files import free_ports
 from workshop.log_format import parse_epoch_line
 from workshop.process_mode.runner import STOP_FILE, YIELD_WHEN_IDLE
@@ -214,3 +216,52 @@ def check_agreed_stop(returncode, output, dirs, seconds, data_dir):
     for path in dirs[1].values():  # rank/worker 1 saved nothing
         assert not path.exists() or not any(p.is_file() for p in Path(path).rglob("*"))
     return done
+
+
+# ------------------------------------------------ local-mode jobs (test_local_mode, test_images)
+
+# The stand-in images' ECR registry (containers/build_images.py tags them with it), and what a
+# container of one reports about itself.
+REGISTRY = "763104351884.dkr.ecr.us-east-1.amazonaws.com/"
+VERSIONS = """
+import importlib.util, json, os, shutil, sys
+import tensorflow as tf, keras
+hvd = importlib.util.find_spec("horovod")
+print(json.dumps({
+    "python": "%d.%d" % sys.version_info[:2], "tensorflow": tf.__version__,
+    "keras": keras.__version__,
+    "horovod": __import__("horovod").__version__ if hvd else None,
+    "toolkit_module": os.environ.get("SAGEMAKER_TRAINING_MODULE"),
+    "commands": [c for c in ("train", "mpirun", "/usr/sbin/sshd") if shutil.which(c)],
+}))
+"""
+
+
+def metrics_from_log(text):
+    """What SageMaker would chart: the notebooks' metric_definitions applied to the job's log."""
+    return {d["Name"]: [float(v) for v in re.findall(d["Regex"], text)]
+            for d in jobs.METRIC_DEFINITIONS}
+
+
+def check_job(result, text, data_dir, workers, epochs=LOCAL_RUN["EPOCHS"]):
+    assert result["mode"] == "local" and result["workers"] == workers
+    assert result["epochs"] == epochs and result["eval_accuracy"] > 0.3
+    job_dir = RUNS_DIR / result["job_name"]
+    metrics = json.loads((job_dir / "output" / "metrics.json").read_text()) \
+        if (job_dir / "output" / "metrics.json").exists() \
+        else json.loads((job_dir / "output" / "data" / "metrics.json").read_text())
+    charted = metrics_from_log(text)
+    assert charted["validation:accuracy"] == pytest.approx(
+        [row["val_accuracy"] for row in metrics["history"]], abs=1e-4)
+    assert charted["eval:accuracy"] == pytest.approx([metrics["eval_accuracy"]], abs=1e-4)
+    assert served_accuracy(job_dir / "model.tar.gz", data_dir) == pytest.approx(
+        metrics["eval_accuracy"], abs=0.01)
+    return metrics
+
+
+def check_ranks(text, count):
+    """Every rank/worker ran, on its own shard, and ended with the same weights."""
+    lines = rank_lines(text)
+    assert sorted(int(line[1]) for line in lines) == list(range(count)), lines
+    assert sorted(int(line[4]) for line in lines) == list(range(count))  # shards
+    assert len({line[6] for line in lines}) == 1, f"ranks disagree: {lines}"  # fingerprints

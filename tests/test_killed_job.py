@@ -43,8 +43,16 @@ def wait_for(condition, what, seconds=600):
     raise AssertionError(f"gave up waiting for {what} after {seconds} s")
 
 
-def running_containers(image):
-    return docker("ps", "--filter", f"ancestor={image}", "--format", "{{.ID}}").stdout.split()
+def job_containers(image, job_name):
+    """The running containers of this job: other tests may run the same image meanwhile, and
+    local mode puts the job's name in each of its containers' environment."""
+    found = []
+    for container in docker("ps", "--filter", f"ancestor={image}", "--format",
+                            "{{.ID}}").stdout.split():
+        env = docker("inspect", "--format", "{{json .Config.Env}}", container, check=False)
+        if f"TRAINING_JOB_NAME={job_name}" in json.loads(env.stdout or "[]"):
+            found.append(container)
+    return found
 
 
 @pytest.mark.parametrize("script", sorted(CASES))
@@ -55,7 +63,6 @@ def test_a_job_killed_like_sagemaker_kills_it_keeps_a_model_that_serves(
     estimator = jobs.workshop_estimator("local", script, SLOW, **CASES[script])
     estimator.output_path = f"file://{tmp_path}"  # local mode packs model.tar.gz there
     image = estimator.training_image_uri()
-    assert running_containers(image) == []
     job_name = name_from_base(estimator.base_job_name)
     outcome = {}
 
@@ -69,14 +76,14 @@ def test_a_job_killed_like_sagemaker_kills_it_keeps_a_model_that_serves(
 
     thread = threading.Thread(target=fit, daemon=True)
     thread.start()
-    (container,) = wait_for(lambda: running_containers(image), "the job's container")
+    (container,) = wait_for(lambda: job_containers(image, job_name), "the job's container")
     # Epoch 2 under way: epoch 1 is finished, checkpointed and (new code) exported.
     wait_for(lambda: re.search(r"epoch 2/60 ", docker("logs", container, check=False).stdout),
              "the log line of epoch 2")
     docker("kill", "--signal", "TERM", container)  # to the container's main process only
     time.sleep(WINDOW)
     log = docker("logs", container, check=False).stdout
-    survived = bool(running_containers(image))
+    survived = bool(job_containers(image, job_name))
     docker("kill", container, check=False)  # SIGKILL, as SageMaker after the window
     thread.join(timeout=300)
 

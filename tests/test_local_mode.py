@@ -1,12 +1,12 @@
-"""MODE="local": the SDK's real local mode (docker-compose) in the stand-in training images.
+"""MODE="local": the notebooks in the SDK's real local mode (docker-compose) in the stand-in images.
 
 `make test` builds the images first (`make local-images`); these tests fail, not skip, when the
 engine or an image is missing. Each job trains 2 epochs on the fixture data in the image its
-notebook names; the toolkit inside the image (not our code) starts the entry point.
+notebook names; the toolkit inside the image (not our code) starts the entry point. The entry
+points no notebook runs here, and the images themselves, are checked in test_images.py.
 """
 
 import json
-import re
 import shutil
 import subprocess
 
@@ -14,81 +14,25 @@ import nbformat
 import numpy as np
 import pytest
 from aws_fixtures import sdk_offline  # noqa: F401  (telemetry off: nothing leaves the machine)
-from helpers import LOCAL_RUN, notebook_path, output_text, rank_lines, run_notebook, served_accuracy
+from helpers import (
+    LOCAL_RUN,
+    REGISTRY,
+    VERSIONS,
+    check_job,
+    check_ranks,
+    notebook_path,
+    output_text,
+    run_notebook,
+)
 
-from workshop import PHASE0_DIR, RUNS_DIR, SRC_DIR, dataset, images, jobs, records, run_notebooks
-from workshop.entry_points import ENTRY_POINTS
-from workshop.images import SERVING_2_20_CPU, TRAINING_2_21_CPU
+from workshop import RUNS_DIR, dataset, images, records, run_notebooks
+from workshop.images import SERVING_2_20_CPU
 from workshop.serving import inference
-
-IMAGES = {  # the image's ECR URI -> what the real image carries (platform-facts.md)
-    TRAINING_2_21_CPU: {"python": "3.12", "tensorflow": "2.21.0", "keras": "3.15.1",
-                        "horovod": None},
-    "tensorflow-training:2.12-cpu-py310": {"python": "3.10", "tensorflow": "2.12.0",
-                                           "keras": "2.12.0", "horovod": "0.27.0"},
-    "tensorflow-training:2.11-cpu-py39": {"python": "3.9", "tensorflow": "2.11.0",
-                                          "keras": "2.11.0", "horovod": "0.26.1"},
-}
-ENTRY_POINTS_BY_SCRIPT = {e.script: e for e in ENTRY_POINTS}
-REGISTRY = "763104351884.dkr.ecr.us-east-1.amazonaws.com/"
-VERSIONS = """
-import importlib.util, json, os, shutil, sys
-import tensorflow as tf, keras
-hvd = importlib.util.find_spec("horovod")
-print(json.dumps({
-    "python": "%d.%d" % sys.version_info[:2], "tensorflow": tf.__version__,
-    "keras": keras.__version__,
-    "horovod": __import__("horovod").__version__ if hvd else None,
-    "toolkit_module": os.environ.get("SAGEMAKER_TRAINING_MODULE"),
-    "commands": [c for c in ("train", "mpirun", "/usr/sbin/sshd") if shutil.which(c)],
-}))
-"""
-
-
-@pytest.mark.parametrize("image", sorted(IMAGES))
-def test_stand_in_image_carries_the_real_images_versions(image):
-    out = subprocess.run(["docker", "run", "--rm", "--network", "none", REGISTRY + image,
-                          "python", "-c", VERSIONS], capture_output=True, text=True, timeout=300)
-    assert out.returncode == 0, out.stderr[-2000:]
-    found = json.loads(out.stdout.strip().splitlines()[-1])
-    assert {key: found[key] for key in IMAGES[image]} == IMAGES[image]
-    assert found["toolkit_module"] == "sagemaker_tensorflow_container.training:main"
-    assert found["commands"] == ["train", "mpirun", "/usr/sbin/sshd"]
 
 
 def run_in_local_mode(tmp_path, number, **parameters):
     result, notebook = run_notebook(tmp_path, number, {"MODE": "local", **LOCAL_RUN, **parameters})
     return result, output_text(notebook)
-
-
-def metrics_from_log(text):
-    """What SageMaker would chart: the notebooks' metric_definitions applied to the job's log."""
-    return {d["Name"]: [float(v) for v in re.findall(d["Regex"], text)]
-            for d in jobs.METRIC_DEFINITIONS}
-
-
-def check_job(result, text, data_dir, workers, epochs=LOCAL_RUN["EPOCHS"]):
-    assert result["mode"] == "local" and result["workers"] == workers
-    assert result["epochs"] == epochs and result["eval_accuracy"] > 0.3
-    job_dir = RUNS_DIR / result["job_name"]
-    metrics = json.loads((job_dir / "output" / "metrics.json").read_text()) \
-        if (job_dir / "output" / "metrics.json").exists() \
-        else json.loads((job_dir / "output" / "data" / "metrics.json").read_text())
-    charted = metrics_from_log(text)
-    assert charted["validation:accuracy"] == pytest.approx(
-        [row["val_accuracy"] for row in metrics["history"]], abs=1e-4)
-    assert charted["eval:accuracy"] == pytest.approx([metrics["eval_accuracy"]], abs=1e-4)
-    assert served_accuracy(job_dir / "model.tar.gz", data_dir) == pytest.approx(
-        metrics["eval_accuracy"], abs=0.01)
-    return metrics
-
-
-def check_ranks(text, count):
-    """Every rank/worker ran, on its own shard, and ended with the same weights."""
-    lines = rank_lines(text)
-    assert sorted(int(line[1]) for line in lines) == list(range(count)), lines
-    assert sorted(int(line[4]) for line in lines) == list(range(count))  # shards
-    assert len({line[6] for line in lines}) == 1, f"ranks disagree: {lines}"  # fingerprints
 
 
 def test_1_2_keras_script_mode_in_the_2_21_image(local_1_2, cifar_data_dir):
@@ -112,57 +56,6 @@ def test_3_2_mwms_over_two_containers_in_the_2_21_image(sdk_offline, tmp_path,  
                                      INSTANCE_COUNT=2)
     check_job(result, text, cifar_data_dir, workers=2)
     check_ranks(text, 2)
-
-
-@pytest.mark.parametrize("script, count", [("train_tf.py", 1), ("train_tf_horovod.py", 2),
-                                           ("train_tf_ddp.py", 2)])
-def test_entry_point_in_its_image(sdk_offline, cifar_data_dir, capfd, script, count):  # noqa: F811
-    """The entry points no notebook test above runs in local mode, each in its own image; 4
-    epochs, so that the weight averaging (cifar.model.Lookahead, from epoch 3's end) runs in
-    the 2.21, 2.12 (Horovod 0.27) and 2.11 (py39) images."""
-    hyperparameters = {"epochs": 4, "batch-size": 32, "learning-rate": 0.02}
-    estimator = jobs.workshop_estimator("local", script, hyperparameters, instance_count=count)
-    estimator.fit(jobs.data_channels("local", cifar_data_dir))
-    result = jobs.result_of(estimator)
-    text = capfd.readouterr().out
-    metrics = check_job(records.headline(result), text, cifar_data_dir, workers=count,
-                        epochs=hyperparameters["epochs"])
-    assert metrics["tensorflow"].startswith(ENTRY_POINTS_BY_SCRIPT[script].framework_version)
-    if count > 1:
-        check_ranks(text, count)
-
-
-def run_in_image(image, script, data_dir, out_dir, *args, harness=None):
-    """Run an entry point directly in an image (no SageMaker), data read-only, no network."""
-    out_dir.mkdir(parents=True, exist_ok=True)
-    mounts = ["-v", f"{SRC_DIR}:/code:ro", "-v", f"{data_dir}:/data:ro", "-v",
-              f"{out_dir}:/out"]
-    if harness:
-        mounts += ["-v", f"{harness}:/harness:ro", "-e", "PYTHONPATH=/harness"]
-    argv = ["docker", "run", "--rm", "--network", "none", *mounts, "-w", "/code",
-            REGISTRY + image, "python", script, "--train", "/data/train",
-            "--validation", "/data/validation", "--eval", "/data/eval",
-            "--sm-model-dir", "/out/model", "--output-data-dir", "/out/output", *args]
-    return subprocess.run(argv, capture_output=True, text=True, timeout=900)
-
-
-def test_mwms_with_two_replicas_per_worker_keeps_batch_norm_finite(cifar_data_dir, tmp_path):
-    """A worker with two GPUs on the Keras 3 image, over a batch count that two replicas cannot
-    share evenly (1,024 records / 36 = 29 batches): no replica may get an empty batch. Before
-    the fix the second epoch logged `loss: nan` and the model predicted one class. Four
-    epochs: the weight averaging (from epoch 3's end) runs across the two replicas too."""
-    harness = PHASE0_DIR.parent.parent / "tests" / "two_replica_worker"
-    done = run_in_image(TRAINING_2_21_CPU, "train_tf_mwms.py", cifar_data_dir,
-                        tmp_path, "--epochs", "4", "--batch-size", "36",
-                        "--learning-rate", "0.02", harness=harness)
-    assert done.returncode == 0, done.stderr[-3000:]
-    assert "worker 0/1" in done.stdout
-    metrics = json.loads((tmp_path / "output" / "metrics.json").read_text())
-    assert metrics["workers"] == 2  # replicas in sync: the harness took effect
-    assert np.isfinite(metrics["eval_loss"]) and metrics["eval_accuracy"] > 0.3
-    assert served_accuracy(tmp_path / "model", cifar_data_dir) == pytest.approx(
-        metrics["eval_accuracy"], abs=0.01)
-
 
 
 INFERENCE_IMAGE = REGISTRY + SERVING_2_20_CPU
