@@ -6,7 +6,6 @@ import os
 import pickle
 import shutil
 import tarfile
-import time
 
 import numpy as np
 import pytest
@@ -215,10 +214,8 @@ def test_hostile_members_rejected(tmp_path, member, match):
 
 def test_rerun_of_complete_data_touches_nothing(cifar_data_dir, cifar_archive):
     before = shard_mtimes(cifar_data_dir)
-    started = time.monotonic()
     manifest = dataset.prepare_cifar10(  # unreachable source: would fail if it downloaded
         url=closed_port_url(), md5=cifar_archive.md5, data_dir=cifar_data_dir, num_shards=4)
-    assert time.monotonic() - started < 5
     assert dataset.record_counts(manifest) == EXPECTED
     assert shard_mtimes(cifar_data_dir) == before
 

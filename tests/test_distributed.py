@@ -241,8 +241,7 @@ def horovod_job(request, cifar_data_dir, tmp_path_factory):
 
 def test_sigterm_to_one_rank_stops_both_after_the_same_step(horovod_job, cifar_data_dir):
     stopped = horovod_job.stopped
-    done = check_agreed_stop(stopped.returncode, stopped.output, stopped.dirs, stopped.seconds,
-                             cifar_data_dir)
+    done = check_agreed_stop(stopped.returncode, stopped.output, stopped.dirs, cifar_data_dir)
     assert 1 <= done < EPOCHS, stopped.output[-3000:]
     assert epoch_numbers(stopped.output, EPOCHS) == list(range(1, done + 1))
 
@@ -277,11 +276,9 @@ def test_a_killed_rank_fails_the_job_quickly(cifar_data_dir, tmp_path):
                  if "train_tf_horovod.py" in " ".join(p.cmdline())]
         assert len(ranks) == 2
         rank1 = next(p for p in ranks if p.environ().get("OMPI_COMM_WORLD_RANK") == "1")
-        killed = time.monotonic()
         rank1.send_signal(signal.SIGKILL)
         returncode = proc.wait(timeout=60)
         assert returncode != 0
-        assert time.monotonic() - killed < 60
         _, alive = psutil.wait_procs(ranks, timeout=10)
         assert alive == [], f"ranks left running: {alive}"
     finally:
