@@ -248,12 +248,18 @@ def python_sigint_handler():
 def test_interrupt_stops_every_process_and_writes_failure(probe_estimator, channels, runs,
                                                          python_sigint_handler):
     estimator = probe_estimator({"sleep": SLEEP}, distribution=MPI, instance_count=1)
-    threading.Timer(3, os.kill, (os.getpid(), signal.SIGINT)).start()  # the notebook's "stop"
     started = time.monotonic()
+
+    def interrupt(line):  # the notebook's "stop", once, when the first rank has started
+        if "probe rank" in line and not sent.is_set():
+            sent.set()
+            os.kill(os.getpid(), signal.SIGINT)
+
+    sent = threading.Event()
 
     with pytest.raises(KeyboardInterrupt):
         run_process_job(estimator, channels, job_name="probe-interrupted", runs_dir=runs,
-                        stream=None)
+                        stream=None, on_line=interrupt)
 
     assert time.monotonic() - started < FAIL_FAST_SECONDS
     job_dir = runs / "probe-interrupted"
