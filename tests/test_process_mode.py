@@ -9,6 +9,7 @@ import json
 import os
 import re
 import signal
+import socket
 import subprocess
 import sys
 import tarfile
@@ -21,6 +22,7 @@ from aws_fixtures import *  # noqa: F401,F403 - sdk_offline, probe_estimator
 from aws_fixtures import PROBE_DIR
 
 from workshop import jobs, progress
+from workshop.files import PORT_RANGE, free_ports
 from workshop.process_mode.runner import JobFailed, JobStoppedWarning, run_process_job
 
 MPI = {"mpi": {"enabled": True, "processes_per_host": 2}}
@@ -173,8 +175,19 @@ def test_mwms_runs_one_worker_per_host_with_tf_config(probe_estimator, channels,
     assert all(c["cluster"] == {"worker": workers} and c["environment"] == "cloud"
                for c in configs)
     assert len(workers) == 2 and all(w.startswith("127.0.0.1:") for w in workers)
-    assert len({w.rsplit(":", 1)[1] for w in workers}) == 2
+    ports = {int(w.rsplit(":", 1)[1]) for w in workers}
+    ephemeral = Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()
+    assert len(ports) == 2 and all(port < int(ephemeral[0]) for port in ports)  # see free_ports
     assert found[("algo-2", 1)]["env"]["SM_CURRENT_HOST"] == "algo-2"
+
+
+def test_free_ports_are_distinct_bindable_and_below_the_ephemeral_range():
+    ports = free_ports(50)
+    assert len(set(ports)) == 50
+    assert all(PORT_RANGE[0] <= port <= PORT_RANGE[1] < 32768 for port in ports)
+    for port in ports[:5]:
+        with socket.socket() as sock:
+            sock.bind(("0.0.0.0", port))
 
 
 @pytest.mark.parametrize("distribution", [MPI, MWMS], ids=["mpi", "mwms"])

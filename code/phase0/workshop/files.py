@@ -6,6 +6,7 @@ that dies half way leaves nothing a rerun would trust. Temp names start with ``.
 
 import json
 import os
+import random
 import socket
 import tarfile
 import tempfile
@@ -47,13 +48,27 @@ def pack_folder(folder, tar_path):
     return tar_path
 
 
+# Below the kernel's ephemeral range (ip_local_port_range: 32768-60999 on Linux by default),
+# from which every outgoing connection takes its port: a port picked there can be taken by one
+# in the seconds before a TensorFlow worker binds it (seen once in a three-worker test run:
+# "Could not start gRPC server").
+PORT_RANGE = (20000, 32767)
+
+
 def free_ports(count):
-    """``count`` distinct loopback ports that were free a moment ago."""
-    sockets = [socket.socket() for _ in range(count)]
-    try:
-        for sock in sockets:
-            sock.bind(("127.0.0.1", 0))
-        return [sock.getsockname()[1] for sock in sockets]
-    finally:
-        for sock in sockets:
-            sock.close()
+    """``count`` distinct ports, at random in PORT_RANGE, free on every interface a moment ago
+    (TensorFlow's gRPC server binds 0.0.0.0)."""
+    pick, found = random.SystemRandom(), []
+    for _ in range(1000):
+        port = pick.randint(*PORT_RANGE)
+        with socket.socket() as sock:
+            try:
+                sock.bind(("0.0.0.0", port))
+            except OSError:
+                continue
+        if port not in found:
+            found.append(port)
+        if len(found) == count:
+            return found
+    raise RuntimeError(f"no {count} free ports in {PORT_RANGE[0]}-{PORT_RANGE[1]} after 1000 "
+                       "tries: stop what holds them (`ss -ltnp` lists listening ports)")
