@@ -7,6 +7,7 @@ converted data holds train 1,024 / validation 256 / eval 256 records.
 
 import atexit
 import os
+import random
 import shutil
 import subprocess
 import tempfile
@@ -167,6 +168,14 @@ def pytest_sessionstart(session):
     if found.returncode != 0:
         subprocess.run(["docker", "network", "create", LOCAL_MODE_NETWORK], capture_output=True,
                        timeout=60)
+
+
+def pytest_collection_finish(session):
+    """pytest-random-order shuffles with ``random.seed(<its seed>)``, in every worker alike, and
+    the SDK's local mode names each job's containers with ``random``: the same names in two
+    workers at once, or in a rerun of the seed beside the exited containers of the last one
+    ("Conflict. The container name ... is already in use"). Reseeded from the OS, as unshuffled."""
+    random.seed()
 
 
 def pytest_xdist_make_scheduler(config, log):
