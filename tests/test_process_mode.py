@@ -176,15 +176,19 @@ def test_mwms_runs_one_worker_per_host_with_tf_config(probe_estimator, channels,
                for c in configs)
     assert len(workers) == 2 and all(w.startswith("127.0.0.1:") for w in workers)
     ports = {int(w.rsplit(":", 1)[1]) for w in workers}
-    ephemeral = Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()
-    assert len(ports) == 2 and all(port < int(ephemeral[0]) for port in ports)  # see free_ports
+    assert len(ports) == 2 and all(port < ephemeral_start() for port in ports)  # see free_ports
     assert found[("algo-2", 1)]["env"]["SM_CURRENT_HOST"] == "algo-2"
+
+
+def ephemeral_start():
+    """The first port of this machine's range for outgoing connections."""
+    return int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
 
 
 def test_free_ports_are_distinct_bindable_and_below_the_ephemeral_range():
     ports = free_ports(50)
     assert len(set(ports)) == 50
-    assert all(PORT_RANGE[0] <= port <= PORT_RANGE[1] < 32768 for port in ports)
+    assert all(PORT_RANGE[0] <= port <= PORT_RANGE[1] < ephemeral_start() for port in ports)
     for port in ports[:5]:
         with socket.socket() as sock:
             sock.bind(("0.0.0.0", port))
@@ -263,12 +267,12 @@ def test_interrupt_stops_every_process_and_writes_failure(probe_estimator, chann
     estimator = probe_estimator({"sleep": SLEEP}, distribution=MPI, instance_count=1)
     started = time.monotonic()
 
+    sent = threading.Event()
+
     def interrupt(line):  # the notebook's "stop", once, when the first rank has started
         if "probe rank" in line and not sent.is_set():
             sent.set()
             os.kill(os.getpid(), signal.SIGINT)
-
-    sent = threading.Event()
 
     with pytest.raises(KeyboardInterrupt):
         run_process_job(estimator, channels, job_name="probe-interrupted", runs_dir=runs,
