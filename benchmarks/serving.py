@@ -59,7 +59,9 @@ def main():
     from sagemaker.tensorflow import TensorFlowModel
 
     work = Path(tempfile.mkdtemp(prefix="bench-serving-"))
-    save_for_serving(build_model(), str(work / "model"))
+    # Untrained: serving's speed does not depend on the weights; random images fit the whitening.
+    sample = np.random.default_rng(1).integers(0, 256, (256, 32, 32, 3), dtype=np.uint8)
+    save_for_serving(build_model(sample), str(work / "model"))
     artifact = pack_folder(work / "model", work / "model.tar.gz")
     signature = tf.saved_model.load(str(work / "model" / "1")).signatures["serving_default"]
     rng = np.random.default_rng(0)

@@ -19,6 +19,7 @@ from types import SimpleNamespace
 import pytest
 from helpers import NOTEBOOK_RUN, clean_env, served_accuracy, standalone
 
+from cifar import model as cnn
 from workshop import jobs
 from workshop.entry_points import ENTRY_POINTS as REGISTRY
 from workshop.process_mode.runner import JobFailed
@@ -68,6 +69,7 @@ def test_metrics_json_and_the_log_agree(trained):
                         "images_per_sec"}
     assert row["images_per_sec"] > 0 and metrics["images_per_sec"] > 0
     assert (result.output_dir / "tensorboard").is_dir()
+    assert metrics["precision"] == cnn.choose_precision("auto")  # what the default picks here
     # The SageMaker metric_definitions, applied to the real log as CloudWatch would.
     log = result.logs_path.read_text()
     found = {}

@@ -125,7 +125,8 @@ def test_recipe_defaults_are_what_an_entry_point_parses():
     assert sagemaker_args.RECIPE_DEFAULTS == {
         key: getattr(parsed, key) for key in sagemaker_args.RECIPE_DEFAULTS}
     assert {"epochs", "batch_size", "learning_rate", "warmup_epochs", "momentum",
-            "weight_decay", "label_smoothing", "seed"} == set(sagemaker_args.RECIPE_DEFAULTS)
+            "weight_decay", "label_smoothing", "precision", "seed"} == set(
+                sagemaker_args.RECIPE_DEFAULTS)
 
 
 @pytest.mark.parametrize("number", ["1.1", *IDS])

@@ -167,8 +167,49 @@ def test_saved_model_serves_raw_images_by_name(tmp_path, monkeypatch, has_export
     images = np.random.default_rng(0).integers(0, 256, (4, 32, 32, 3), dtype=np.uint8)
     outputs = signature(image=tf.constant(images))
     assert outputs["class_id"].dtype == tf.int32 and outputs["class_id"].shape == (4,)
+    served_as = cnn.float32_copy(model)  # the model itself if it computes in float32
     np.testing.assert_allclose(outputs["probabilities"].numpy(),
-                               tf.nn.softmax(model(images, training=False)).numpy(), atol=1e-5)
+                               tf.nn.softmax(served_as(images, training=False)).numpy(),
+                               atol=1e-5)
+
+
+def test_precision_follows_the_flag_and_this_machine():
+    assert cnn.choose_precision("float32") == "float32"
+    assert cnn.choose_precision("mixed_bfloat16") == "mixed_bfloat16"
+    with open("/proc/cpuinfo") as f:
+        amx = any(line.startswith("flags") and "amx_bf16" in line.split() for line in f)
+    gpu = bool(tf.config.list_physical_devices("GPU"))
+    assert cnn.choose_precision("auto") == ("mixed_bfloat16" if amx and not gpu else "float32")
+
+
+def test_a_bfloat16_model_is_evaluated_and_exported_in_float32(tmp_path):
+    """Trained in mixed_bfloat16 (on any CPU here: TensorFlow has bfloat16 kernels without AMX
+    too, only slower), evaluated and served in float32 with the same weights."""
+    from cifar import serving
+
+    model = cnn.build_model(SAMPLE, widths=(8, 8, 8), precision="mixed_bfloat16")
+    assert tf.keras.mixed_precision.global_policy().name == "float32"  # not left behind
+    assert not cnn.computes_in_float32(model)
+    assert all(w.dtype == tf.float32 for w in model.weights)  # mixed: float32 weights
+    copy = cnn.float32_copy(model)
+    assert cnn.computes_in_float32(copy)
+    for ours, theirs in zip(model.get_weights(), copy.get_weights(), strict=True):
+        np.testing.assert_array_equal(ours, theirs)
+    images = np.random.default_rng(2).integers(0, 256, (32, 32, 32, 3), dtype=np.uint8)
+    labels = np.random.default_rng(3).integers(0, 10, 32)
+    bf16, f32 = model(images, training=False), copy(images, training=False)
+    assert bf16.dtype == f32.dtype == tf.float32  # float32 logits whatever the policy
+    assert 0 < np.abs(bf16 - f32).max() < 0.05  # bfloat16 rounding: different, and only just
+    signature = tf.saved_model.load(serving.save_for_serving(model, str(tmp_path))) \
+        .signatures["serving_default"]
+    np.testing.assert_allclose(signature(image=tf.constant(images))["probabilities"].numpy(),
+                               tf.nn.softmax(f32).numpy(), atol=1e-5)
+    batches = tf.data.Dataset.from_tensor_slices((images, labels)).batch(10)
+    loss = cnn.loss_fn(0.2)
+    expected_loss = float(tf.reduce_mean(loss(labels, f32)))
+    expected_accuracy = float(np.mean(np.argmax(f32, -1) == labels))
+    assert cnn.evaluate(copy, batches, loss) == pytest.approx(
+        (expected_loss, expected_accuracy), abs=1e-6)
 
 
 def test_legacy_optimizer_for_old_horovod_trains_exactly_like_the_default_one():

@@ -28,7 +28,8 @@ evaluation = data.make_dataset(args.eval, args.batch_size, training=False, chann
 train_records = data.count_records(args.train, "train")
 steps = data.steps_per_epoch(train_records, args.batch_size)
 
-model = cnn.build_model(data.sample_images(args.train))
+precision = cnn.choose_precision(args.precision)  # bfloat16 on CPUs with AMX
+model = cnn.build_model(data.sample_images(args.train), precision=precision)
 optimizer = cnn.build_optimizer(args.learning_rate, total_steps=steps * args.epochs,
                                 warmup_steps=steps * args.warmup_epochs,
                                 momentum=args.momentum, weight_decay=args.weight_decay)
@@ -65,8 +66,9 @@ model.fit(train, epochs=args.epochs, initial_epoch=epochs_done, validation_data=
                                 epoch_end])
 
 # SageMaker: after a SIGTERM (max_run, spot) the window is short: no eval, save, exit 0.
-eval_loss, eval_accuracy = (None, None) if sigterm.stop else model.evaluate(
-    evaluation, verbose=0)
+# Evaluated in float32, as exported, whatever precision trained it (cnn.float32_copy).
+eval_loss, eval_accuracy = (None, None) if sigterm.stop else cnn.evaluate(
+    cnn.float32_copy(model), evaluation, cnn.loss_fn(args.label_smoothing))
 # SageMaker: everything in SM_MODEL_DIR becomes model.tar.gz; TF Serving loads <dir>/1/.
 serving.save_for_serving(model, args.sm_model_dir, epoch=len(log.history))
-log.finish(eval_loss, eval_accuracy, stopped=sigterm.stop)
+log.finish(eval_loss, eval_accuracy, stopped=sigterm.stop, precision=precision)

@@ -50,7 +50,8 @@ train_records = data.count_records(args.train, "train")
 shard_records = train_records // hvd.size()
 steps = data.steps_per_epoch(train_records, args.batch_size, hvd.size())
 
-model = cnn.build_model(data.sample_images(args.train))
+precision = cnn.choose_precision(args.precision)  # bfloat16 on CPUs with AMX
+model = cnn.build_model(data.sample_images(args.train), precision=precision)
 # Horovod: size x the batch, so size x the learning rate; the legacy optimizer for Horovod 0.27
 # (TF 2.12 image); DistributedOptimizer averages the gradients over the ranks.
 peak_lr = args.learning_rate * hvd.size()
@@ -108,12 +109,14 @@ model.fit(train, epochs=args.epochs, initial_epoch=epochs_done, validation_data=
                                 *horovod_callbacks, epoch_end])
 
 # SageMaker: after a SIGTERM (max_run, spot) the window is short: no eval, save, exit 0.
-eval_loss, eval_accuracy = (None, None) if sigterm.stop else model.evaluate(
-    evaluation, verbose=0)
+# Evaluated in float32, as exported, whatever precision trained it (cnn.float32_copy).
+eval_loss, eval_accuracy = (None, None) if sigterm.stop else cnn.evaluate(
+    cnn.float32_copy(model), evaluation, cnn.loss_fn(args.label_smoothing))
 # SageMaker: everything in SM_MODEL_DIR becomes model.tar.gz; TF Serving loads <dir>/1/.
 # Horovod: one model, from rank 0; the log records the scaled learning rate. Then every rank
 # reports: equal weight fingerprints mean the ranks really are in sync.
 if chief:
     serving.save_for_serving(model, args.sm_model_dir, epoch=len(log.history))
-log.finish(eval_loss, eval_accuracy, stopped=sigterm.stop, peak_learning_rate=peak_lr)
+log.finish(eval_loss, eval_accuracy, stopped=sigterm.stop, peak_learning_rate=peak_lr,
+           precision=precision)
 print(distributed.rank_line(hvd.rank(), hvd.size(), shard_records, model), flush=True)

@@ -3,7 +3,7 @@
 train_tf_horovod.py with SageMaker's distributed data parallel library,
 ``smdistributed.dataparallel`` (SMDDP), in Horovod's place. SMDDP's API copies Horovod's, so the
 script imports it under Horovod's name ``hvd`` and keeps every call (init, size, rank, local_rank,
-DistributedGradientTape, broadcast_variables, broadcast) and every ``# Horovod:`` comment; what
+DistributedGradientTape, broadcast) and every ``# Horovod:`` comment; what
 SMDDP changes has a ``# SMDDP:`` sentence above it. SageMaker starts the processes with
 ``distribution={"smdistributed": {"dataparallel": {"enabled": True}}}`` on the instance types
 the SDK lists for SMDDP (with P3 retired: ml.p4d.24xlarge and ml.p4de.24xlarge), TF <= 2.11.
@@ -67,7 +67,8 @@ train_records = data.count_records(args.train, "train")
 shard_records = train_records // hvd.size()
 steps = data.steps_per_epoch(train_records, args.batch_size, hvd.size())
 
-model = cnn.build_model(data.sample_images(args.train))
+precision = cnn.choose_precision(args.precision)  # bfloat16 on CPUs with AMX
+model = cnn.build_model(data.sample_images(args.train), precision=precision)
 # Horovod: size x the batch, so size x the learning rate.
 peak_lr = args.learning_rate * hvd.size()
 optimizer = cnn.build_optimizer(peak_lr, total_steps=steps * args.epochs,
@@ -126,11 +127,13 @@ def run_epoch(dataset, step, sigterm=None, lookahead=None):
 # job, e.g. after a spot interruption, resumes after the last finished epoch.
 checkpoints = EpochCheckpoints(args.checkpoint_dir, model, optimizer, enabled=chief)  # Horovod:
 epochs_done, history = checkpoints.restore()
-# Horovod: rank 0's epoch count, weights and optimizer state (restored or new) go to all ranks;
+# Horovod: rank 0's epoch count, weights and optimizer state (restored or new) go to all ranks,
+# one variable at a time (broadcast_variables cannot trace TF 2.11's mixed-precision variables);
 # rank 0 prints and writes the log.
 epochs_done = int(hvd.broadcast(tf.constant(epochs_done), root_rank=0))
 optimizer_state = cnn.build_optimizer_state(optimizer, model.trainable_variables)
-hvd.broadcast_variables(model.variables + optimizer_state, root_rank=0)
+for variable in model.variables + optimizer_state:
+    variable.assign(hvd.broadcast(variable, root_rank=0))
 log = TrainingLog(args.output_data_dir, args.epochs, history,
                   chief=chief, workers=hvd.size())
 # SageMaker: the platform does not pass SIGTERM on to this script: at max_run (or a spot
@@ -155,12 +158,14 @@ for epoch in range(epochs_done + 1, args.epochs + 1):
     exports.after_epoch(epoch)
 
 # SageMaker: after a SIGTERM (max_run, spot) the window is short: no eval, save, exit 0.
-eval_loss, eval_accuracy = (None, None) if sigterm.stop else run_epoch(evaluation,
-                                                                       test_step)
+# Evaluated in float32, as exported, whatever precision trained it (cnn.float32_copy).
+eval_loss, eval_accuracy = (None, None) if sigterm.stop else cnn.evaluate(
+    cnn.float32_copy(model), evaluation, loss_fn)
 # SageMaker: everything in SM_MODEL_DIR becomes model.tar.gz; TF Serving loads <dir>/1/.
 # Horovod: one model, from rank 0; the log records the scaled learning rate. Then every rank
 # reports: equal weight fingerprints mean the ranks really are in sync.
 if chief:
     serving.save_for_serving(model, args.sm_model_dir, epoch=len(log.history))
-log.finish(eval_loss, eval_accuracy, stopped=sigterm.stop, peak_learning_rate=peak_lr)
+log.finish(eval_loss, eval_accuracy, stopped=sigterm.stop, peak_learning_rate=peak_lr,
+           precision=precision)
 print(distributed.rank_line(hvd.rank(), hvd.size(), shard_records, model), flush=True)

@@ -43,7 +43,7 @@ tf.keras.utils.set_random_seed(args.seed)
 
 # MWMS: each worker reads its own 1/workers of train and validation (equal, disjoint shares), so
 # an epoch is still one pass over the data. Every worker evaluates the whole eval set: exact for
-# any number of workers (the metrics then sum the same counts over all workers).
+# any number of workers, on its own (no collective).
 shard = {"num_workers": workers, "worker_index": worker}
 train = data.make_dataset(args.train, args.batch_size, training=True, channel="train",
                           seed=args.seed, **shard)
@@ -63,14 +63,14 @@ steps = data.steps_per_epoch(shard_records, args.batch_size) // local_replicas o
 train = train.take(steps * local_replicas)
 train = distributed.mwms_dataset(strategy, train)
 validation = distributed.mwms_dataset(strategy, validation)
-evaluation = distributed.mwms_dataset(strategy, evaluation)
 
 # MWMS: replicas x the batch, so replicas x the learning rate. Variables created in the scope
 # (model, optimizer state, Lookahead's copy, metrics) are mirrored on every replica; the metrics
 # sum over all.
 peak_lr = args.learning_rate * replicas
 with strategy.scope():
-    model = cnn.build_model(data.sample_images(args.train))
+    precision = cnn.choose_precision(args.precision)  # bfloat16 on CPUs with AMX
+    model = cnn.build_model(data.sample_images(args.train), precision=precision)
     optimizer = cnn.build_optimizer(peak_lr, total_steps=steps * args.epochs,
                                     warmup_steps=steps * args.warmup_epochs,
                                     momentum=args.momentum, weight_decay=args.weight_decay)
@@ -167,13 +167,18 @@ for epoch in range(epochs_done + 1, args.epochs + 1):
     exports.after_epoch(epoch)
 
 # SageMaker: after a SIGTERM (max_run, spot) the window is short: no eval, save, exit 0.
-eval_loss, eval_accuracy = (None, None) if sigterm.stop else run_epoch(evaluation,
-                                                                       test_step)
+# Evaluated in float32, as exported, whatever precision trained it (cnn.float32_copy).
+eval_loss, eval_accuracy = (None, None) if sigterm.stop else cnn.evaluate(
+    cnn.float32_copy(model), evaluation, loss_fn)
 # SageMaker: everything in SM_MODEL_DIR becomes model.tar.gz; TF Serving loads <dir>/1/.
 # MWMS: every worker saves (as with the checkpoints); only the chief's copy is kept. The log
 # records the scaled learning rate. Then every worker reports: equal weight fingerprints mean the
 # replicas really are in sync.
 serving.save_for_serving(model, distributed.worker_dir(args.sm_model_dir, chief),
                          epoch=len(log.history))
-log.finish(eval_loss, eval_accuracy, stopped=sigterm.stop, peak_learning_rate=peak_lr)
+log.finish(eval_loss, eval_accuracy, stopped=sigterm.stop, peak_learning_rate=peak_lr,
+           precision=precision)
 print(distributed.rank_line(worker, workers, shard_records, model, role="worker"), flush=True)
+# MWMS: each worker evaluated on its own; none leaves before all have reported (SageMaker's local
+# mode stops every container as soon as one exits).
+distributed.mwms_barrier(strategy)

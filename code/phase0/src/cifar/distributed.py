@@ -177,3 +177,10 @@ def mwms_check_agreement(strategy, value, what):
         raise RuntimeError(f"the workers disagree on {what} (this worker: {value}, mean over "
                            f"workers: {mean:g}): they must start from the same checkpoint")
     return value
+
+
+def mwms_barrier(strategy):
+    """Return once every worker has called this (a sum over all replicas)."""
+    from .stopping import mwms_agreement
+
+    mwms_agreement(strategy)(tf.constant(0.0))

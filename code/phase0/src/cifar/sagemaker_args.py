@@ -43,6 +43,10 @@ def build_parser(description):
     hp.add_argument("--momentum", type=float, default=0.9, help="Nesterov")
     hp.add_argument("--weight-decay", type=float, default=5e-3, help="decoupled (see above)")
     hp.add_argument("--label-smoothing", type=float, default=0.2, help="airbench's value")
+    hp.add_argument("--precision", default="auto",
+                    choices=["auto", "float32", "mixed_bfloat16"],
+                    help="auto: mixed_bfloat16 on CPUs with AMX (no GPU), else float32; "
+                         "evaluation and the exported model are float32 either way")
     hp.add_argument("--seed", type=int, default=0)
     paths = parser.add_argument_group("data and outputs (SageMaker sets the defaults)")
     paths.add_argument("--train", default=env("SM_CHANNEL_TRAIN"))

@@ -10,6 +10,7 @@ import time
 
 import tensorflow as tf
 
+from . import model as cnn
 from .data import IMAGE_SHAPE
 
 MODEL_VERSION = "1"  # TF Serving loads <model dir>/<version>/
@@ -34,8 +35,10 @@ def save_for_serving(model, model_dir, epoch=None, quiet=False):
     shutil.rmtree(partial, ignore_errors=True)
     signature = [tf.TensorSpec((None,) + IMAGE_SHAPE, tf.uint8, name="image")]
     # The same layers and weights without the optimizer and compiled train function, which
-    # serving does not need and some cannot save (Horovod 0.27's DistributedOptimizer).
-    model = tf.keras.Model(model.inputs, model.outputs, name=model.name)
+    # serving does not need and some cannot save (Horovod 0.27's DistributedOptimizer); in
+    # float32 if it trained in bfloat16, so that it serves on any CPU.
+    model = tf.keras.Model(model.inputs, model.outputs, name=model.name) \
+        if cnn.computes_in_float32(model) else cnn.float32_copy(model)
 
     def serve(image):
         logits = model(image, training=False)
