@@ -100,6 +100,7 @@ bench: setup
 	$(BIN)/python benchmarks/serving.py
 	$(BIN)/python benchmarks/epoch_cost.py
 	$(BIN)/python benchmarks/mpi_yield.py
+	$(BIN)/python benchmarks/precision.py
 
 clean:
 	rm -rf code/phase0/runs

@@ -27,8 +27,8 @@ keras = tf.keras
 CIFAR10_MEAN = (0.4914, 0.4822, 0.4465)
 CIFAR10_STD = (0.2470, 0.2435, 0.2616)
 # airbench94's widths: 2.4x the multiply-adds of the last recipe's 48/128/192, which bfloat16 on
-# AMX pays for (an epoch here about as long as the previous recipe's in float32); validation
-# 0.8965 against 0.8858 after 15 epochs (issue 18's ablation, rows final and w256).
+# AMX pays for (an epoch here took 0.79x the previous recipe's in float32: README, "Accuracy on
+# real CIFAR-10"); validation 0.8965 against 0.8858 after 15 epochs (issue 18's ablation).
 WIDTHS = (64, 256, 256)
 WHITENING_FILTERS = 24  # 2x2x3 = 12 whitened directions, each with both signs (ReLU keeps half)
 
@@ -36,9 +36,9 @@ WHITENING_FILTERS = 24  # 2x2x3 = 12 whitened directions, each with both signs (
 def choose_precision(requested="auto"):
     """The Keras dtype policy to train in: ``requested`` itself, or for "auto" mixed_bfloat16 on
     a CPU with AMX (Intel's bfloat16 matrix units, /proc/cpuinfo flag amx_bf16) and no GPU,
-    float32 elsewhere. Here (AMX, 2 cores) bfloat16 made a training step of the 48/128/192
-    model 2.4-2.7x cheaper in CPU time; without AMX, TensorFlow's bfloat16 kernels are
-    slower than float32, and on GPUs bfloat16 is not measured here."""
+    float32 elsewhere. Here (AMX, 2 cores) a training step of the recipe's model took 3.7x less
+    time in bfloat16 (benchmarks/precision.py). Without AMX (CPUs without bfloat16 matrix
+    units) and on GPUs, bfloat16 is not measured here, so ``auto`` keeps float32 there."""
     if requested != "auto":
         return requested
     if tf.config.list_physical_devices("GPU"):
