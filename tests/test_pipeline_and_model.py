@@ -46,12 +46,17 @@ def test_train_batches_are_augmented_crops_and_flips_of_train_images(cifar_data_
     assert changed >= 8, "augmentation should change most training images"
 
 
-def test_training_epoch_covers_every_record_once(cifar_data_dir):
+def test_training_epoch_takes_whole_batches(cifar_data_dir):
     records = data.count_records(cifar_data_dir / "train")
-    seen = sum(int(b[1].shape[0]) for b in data.make_dataset(
-        cifar_data_dir / "train", 100, training=True))
-    assert seen == records == 1024
-    assert data.steps_per_epoch(records, 100) == 11
+    sizes = [int(labels.shape[0]) for _, labels in data.make_dataset(
+        cifar_data_dir / "train", 100, training=True)]
+    assert records == 1024 and sizes == [100] * 10  # the 24 left over: other ones next epoch
+    assert data.steps_per_epoch(records, 100) == len(sizes)
+    assert data.steps_per_epoch(records, 100, num_workers=2) == 5
+    # a share smaller than a batch is one short batch, not none
+    assert [int(labels.shape[0]) for _, labels in data.make_dataset(
+        cifar_data_dir / "train", 2048, training=True)] == [1024]
+    assert data.steps_per_epoch(records, 2048) == 1
 
 
 def test_bad_channels_fail_with_the_channel_name(tmp_path):
@@ -141,6 +146,23 @@ def test_lookahead_averages_from_its_start_and_leaves_the_average_in_place():
     weight.assign(start + 5)  # steps after the last average ...
     lookahead.end_of_epoch()  # ... give way to it at the end of the epoch
     np.testing.assert_allclose(weight.numpy(), averaged)
+
+
+def test_lookahead_averages_batch_norm_statistics_but_not_the_fixed_layers():
+    model = cnn.build_model(SAMPLE, widths=(4, 4, 4))
+    lookahead = cnn.Lookahead(model, steps_per_epoch=10, total_steps=40)
+    (norm, *_) = [layer for layer in model.layers[-1].body.layers
+                  if isinstance(layer, tf.keras.layers.BatchNormalization)]
+    averaged = {id(weight) for weight in lookahead.weights}
+    assert id(norm.moving_mean) in averaged and id(norm.moving_variance) in averaged
+    whitening = model.layers[-1].body.get_layer("whitening").kernel
+    assert id(whitening) not in averaged
+    lookahead.after_step(30)
+    start = norm.moving_mean.numpy().copy()
+    norm.moving_mean.assign(start + 2)
+    lookahead.after_step(35)
+    rho = 0.95 ** 5 * (35 / 40) ** 3
+    np.testing.assert_allclose(norm.moving_mean.numpy(), start + 2 * (1 - rho), rtol=1e-5)
 
 
 def test_loss_is_per_example_with_label_smoothing():

@@ -99,12 +99,13 @@ def augment_batch(images, labels, seed=None):
 
 
 def make_dataset(channel_dir, batch_size, training, channel="data",
-                 num_workers=1, worker_index=0, seed=0, drop_remainder=False):
+                 num_workers=1, worker_index=0, seed=0):
     """Batched (uint8 image, label) dataset of one channel.
 
     training=True shuffles (the order is fixed by ``seed``: a run resumed from a checkpoint
-    starts the order again from the first epoch's, it does not continue it) and augments;
-    evaluation data is neither shuffled nor augmented.
+    starts the order again from the first epoch's, it does not continue it), augments and
+    takes whole batches only (steps_per_epoch); evaluation data is neither shuffled nor
+    augmented, and is read whole.
     num_workers/worker_index shard records so that every worker gets an equal,
     disjoint share: the first ``records // num_workers * num_workers`` records
     are dealt round-robin (at most num_workers - 1 are left out per epoch, none
@@ -123,7 +124,7 @@ def make_dataset(channel_dir, batch_size, training, channel="data",
     if training:
         ds = ds.cache()  # serialized records: 1/worker of 150 MB at most
         ds = ds.shuffle(min(per_worker, 50_000), seed=seed, reshuffle_each_iteration=True)
-    ds = ds.batch(batch_size, drop_remainder=drop_remainder)
+    ds = ds.batch(batch_size, drop_remainder=training and per_worker >= batch_size)
     ds = ds.map(parse_batch, num_parallel_calls=tf.data.AUTOTUNE)
     if training:
         ds = ds.map(augment_batch, num_parallel_calls=tf.data.AUTOTUNE)
@@ -140,6 +141,11 @@ def sample_images(channel_dir, count=5000, channel="train"):
     return parse_batch(records)[0].numpy()
 
 
-def steps_per_epoch(records, batch_size, num_workers=1, drop_remainder=False):
-    per_worker = records // num_workers
-    return per_worker // batch_size if drop_remainder else -(-per_worker // batch_size)
+def steps_per_epoch(records, batch_size, num_workers=1):
+    """Training steps per epoch and worker: whole batches only, one per ``batch_size`` records
+    of the worker's share (a share smaller than a batch is one short batch). The records left
+    over (fewer than a batch) are other ones each epoch, as the order is shuffled. A last short
+    batch would set batch norm's moving statistics (momentum 0.6: 40% from that batch) before
+    every validation: with 64 images left over from 40,000 at batch 512, validation accuracy
+    after 3 of 15 epochs was 0.71-0.75 with it and 0.79 without (issue 18's ablation)."""
+    return max(records // num_workers // batch_size, 1)

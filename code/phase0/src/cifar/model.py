@@ -269,18 +269,26 @@ def _legacy_sgdw(schedule, momentum, weight_decay):
 
 class Lookahead:
     """airbench's weight averaging (its "Lookahead"), from epoch ``start_epoch`` on: every
-    ``every`` steps a slow copy of the trainable weights moves toward them by (1 - rho), and the
-    weights jump to the slow copy; rho = decay**every * (step / total_steps)**3 grows toward the
-    end, when the average matters most. At each epoch's end the weights are set to the slow copy,
-    so a checkpoint holds all of its state (a resumed run starts its slow copy from the weights).
-    Call ``after_step`` after every optimizer step and ``end_of_epoch`` before validation; on
-    every worker alike (their weights are identical, so are their slow copies). With the triangle
-    schedule, BN momentum 0.6 and 2-px shifts: validation 0.856 instead of 0.815 after 8 of 15
-    epochs here.
+    ``every`` steps a slow copy of the trainable weights and of batch norm's moving statistics
+    moves toward them by (1 - rho), and they jump to the slow copy; rho = decay**every *
+    (step / total_steps)**3 grows toward the end, when the average matters most. At each epoch's
+    end the weights are set to the slow copy, so a checkpoint holds all of its state (a resumed
+    run starts its slow copy from the weights). Call ``after_step`` after every optimizer step
+    and ``end_of_epoch`` before validation; on every worker alike (their weights are identical,
+    so are their slow copies; statistics differ by worker until the distributed scripts average
+    them, after ``end_of_epoch``). With the
+    triangle schedule, BN momentum 0.6 and 2-px shifts: validation 0.856 instead of 0.815 after 8
+    of 15 epochs here. The statistics are averaged too, as airbench's LookaheadState averages
+    the network's whole state, so that they belong to the weights they normalise; with whole
+    batches (data.steps_per_epoch) that gave validation 0.8987 and eval 0.8992 after 15 epochs
+    against 0.8965-0.8989 and 0.8917-0.8940 without either: within the runs' spread (issue 18).
     """
 
     def __init__(self, model, steps_per_epoch, total_steps, start_epoch=3, every=5, decay=0.95):
-        self.weights = model.trainable_weights
+        norms = [layer for layer in _body(model).layers
+                 if isinstance(layer, keras.layers.BatchNormalization)]
+        self.weights = model.trainable_weights + [
+            weight for layer in norms for weight in layer.non_trainable_weights]
         self.slow = [tf.Variable(w, trainable=False) for w in self.weights]
         self.start, self.every = int(start_epoch * steps_per_epoch), every
         self.total, self.base = max(int(total_steps), 1), decay ** every
