@@ -276,12 +276,12 @@ class Lookahead:
     run starts its slow copy from the weights). Call ``after_step`` after every optimizer step
     and ``end_of_epoch`` before validation; on every worker alike (their weights are identical,
     so are their slow copies; statistics differ by worker until the distributed scripts average
-    them, after ``end_of_epoch``). With the
-    triangle schedule, BN momentum 0.6 and 2-px shifts: validation 0.856 instead of 0.815 after 8
-    of 15 epochs here. The statistics are averaged too, as airbench's LookaheadState averages
-    the network's whole state, so that they belong to the weights they normalise; with whole
-    batches (data.steps_per_epoch) that gave validation 0.8987 and eval 0.8992 after 15 epochs
-    against 0.8965-0.8989 and 0.8917-0.8940 without either: within the runs' spread (issue 18).
+    them, after ``end_of_epoch``). With the triangle schedule, BN momentum 0.6 and 2-px shifts:
+    validation 0.856 instead of 0.815 after 8 of 15 epochs here. The statistics are averaged
+    too, as airbench's LookaheadState averages the network's whole state, so that they belong
+    to the weights they normalise; with whole batches (data.steps_per_epoch) two runs gave
+    validation 0.8987 and 0.8998, eval 0.8992 and 0.8931 after 15 epochs, against 0.8965-0.8989
+    and 0.8917-0.8940 without either: within the runs' spread (issue 18).
     """
 
     def __init__(self, model, steps_per_epoch, total_steps, start_epoch=3, every=5, decay=0.95):
