@@ -27,7 +27,7 @@ import accuracy  # noqa: E402
 from workshop import dataset  # noqa: E402  (accuracy puts code/phase0 on the path)
 
 QUALITIES = (50, 60, 70, 75, 80, 85, 90, 95)
-SUBSAMPLING = {"4:4:4": 0, "4:2:0": 2}  # Pillow's codes; 4:2:0 is its default below quality 95
+SUBSAMPLING = {"4:4:4": 0, "4:2:0": 2}  # Pillow's codes for the two common settings
 
 
 def mean_change(images, quality, subsampling):
