@@ -1,24 +1,13 @@
 """benchmarks/jpeg_quality.py names the JPEG setting that images last went through."""
 
-import io
 import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
-from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
 import jpeg_quality  # noqa: E402
-
-
-def jpeg_pass(images, quality, subsampling):
-    out = []
-    for image in images:
-        buffer = io.BytesIO()
-        Image.fromarray(image).save(buffer, "JPEG", quality=quality, subsampling=subsampling)
-        out.append(np.asarray(Image.open(buffer)))
-    return np.stack(out)
 
 
 @pytest.mark.parametrize("quality, subsampling", [(60, "4:4:4"), (75, "4:2:0"), (90, "4:2:0")])
@@ -29,7 +18,7 @@ def test_the_setting_images_went_through_changes_them_least(quality, subsampling
     ramps = (ramp[None, :, None, None] + ramp[None, None, :, None]) / 2
     base = 40 + 160 * rng.random((40, 1, 1, 3)) * ramps
     images = np.clip(base + rng.normal(0, 12, (40, 32, 32, 3)), 0, 255).astype(np.uint8)
-    passed = jpeg_pass(images, quality, jpeg_quality.SUBSAMPLING[subsampling])
+    passed = jpeg_quality.jpeg_pass(images, quality, jpeg_quality.SUBSAMPLING[subsampling])
     changes = {(q, name): jpeg_quality.mean_change(passed, q, code)
                for name, code in jpeg_quality.SUBSAMPLING.items() for q in jpeg_quality.QUALITIES}
     assert min(changes, key=changes.get) == (quality, subsampling), changes
