@@ -34,7 +34,7 @@ from workshop.entry_points import ENTRY_POINTS
 BUCKET = "workshop-requests-test"
 ROLE = "arn:aws:iam::123456789012:role/SageMakerWorkshopRole"
 REGION = "us-east-1"
-HYPERPARAMETERS = {"epochs": 15, "batch-size": 512, "learning-rate": 0.75}
+HYPERPARAMETERS = {"epochs": 15, "batch-size": 512, "learning-rate": 0.4}
 
 @pytest.fixture(scope="module")
 def s3_channels(moto_server, cifar_data_dir, tmp_path_factory):
@@ -106,7 +106,7 @@ def test_host_job_request(s3_channels):
     hps = job["HyperParameters"]
     assert hps["sagemaker_program"] == '"train_keras.py"'
     assert {k: json.loads(hps[k]) for k in HYPERPARAMETERS} == HYPERPARAMETERS
-    assert hps["epochs"] == "15" and hps["learning-rate"] == "0.75"  # JSON-encoded strings
+    assert hps["epochs"] == "15" and hps["learning-rate"] == "0.4"  # JSON-encoded strings
     assert sent["AlgorithmSpecification"]["MetricDefinitions"] == jobs.METRIC_DEFINITIONS
     assert sent["ProfilerConfig"] == {"DisableProfiler": True}
     assert re.fullmatch(rf"s3://{BUCKET}/cifar10-train-keras-[\d-]+/checkpoints",

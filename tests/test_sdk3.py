@@ -149,7 +149,7 @@ def test_train_tf_runs_unchanged_under_v3s_driver_in_its_image(sdk_offline,  # n
 
 BUCKET = "workshop-sdk3-requests"
 ROLE = "arn:aws:iam::123456789012:role/SageMakerWorkshopRole"
-HYPERPARAMETERS = {"epochs": 15, "batch-size": 512, "learning-rate": 0.75}  # 6.0's defaults
+HYPERPARAMETERS = {"epochs": 15, "batch-size": 512, "learning-rate": 0.4}  # 6.0's defaults
 
 
 def v2_request_for_1_2(channels):
@@ -187,7 +187,7 @@ def test_v3_requests_pass_in_its_venv_and_differ_from_v2s_as_stated(moto_server,
         assert v3["AlgorithmSpecification"][key] == v2["AlgorithmSpecification"][key], key
     assert {k: v3["HyperParameters"][k] for k in HYPERPARAMETERS} == \
         {k: v2["HyperParameters"][k] for k in HYPERPARAMETERS} == \
-        {"epochs": "15", "batch-size": "512", "learning-rate": "0.75"}
+        {"epochs": "15", "batch-size": "512", "learning-rate": "0.4"}
     for request in (v2, v3):
         assert request["CheckpointConfig"]["S3Uri"].startswith(f"s3://{BUCKET}/cifar10-train-keras-")
 

@@ -71,7 +71,7 @@ def test_1_2_job_request(notebook, host_data_dir):
     assert spec["MetricDefinitions"] == jobs.METRIC_DEFINITIONS
     # the user's hyperparameters only, json.dumps'ed (strings would go as they are)
     assert request["HyperParameters"] == {"epochs": "15", "batch-size": "512",
-                                          "learning-rate": "0.75"}
+                                          "learning-rate": "0.4"}
     assert request["ResourceConfig"]["InstanceType"] == "ml.g5.xlarge"
     assert {"Key": "workshop-notebook", "Value": "6.0"} in request["Tags"]  # 4.1's audit finds it
     assert request["ResourceConfig"]["InstanceCount"] == 1
@@ -102,7 +102,7 @@ def test_1_5_mpi_job_request(notebook):
     assert request["AlgorithmSpecification"]["TrainingImage"] == IMAGE_2_12_GPU
     assert request["ResourceConfig"]["InstanceCount"] == 2
     assert request["HyperParameters"] == {"epochs": "15", "batch-size": "512",
-                                          "learning-rate": "0.75"}  # no sagemaker_mpi_*
+                                          "learning-rate": "0.4"}  # no sagemaker_mpi_*
     drivers = s3_files(channels(request)["sm_drivers"])
     assert "distributed_drivers/mpi_driver.py" in drivers["sm_train.sh"].decode()
     assert json.loads(drivers["distributed.json"])["process_count_per_node"] == 1
@@ -117,7 +117,7 @@ def test_3_2_mwms_job_request(notebook):
 
     assert request["ResourceConfig"]["InstanceCount"] == 2
     assert request["HyperParameters"] == {"epochs": "15", "batch-size": "512",
-                                          "learning-rate": "0.75"}
+                                          "learning-rate": "0.4"}
     drivers = s3_files(channels(request)["sm_drivers"])
     assert "basic_script_driver.py" in drivers["sm_train.sh"].decode()  # on every host
     assert "TF_CONFIG" not in json.dumps(request) + "".join(
